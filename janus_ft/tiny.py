@@ -1,0 +1,199 @@
+"""A tiny random Janus checkpoint, built offline, for demos and tests.
+
+Everything is real except the weights: a `JanusConfig` with all three visual paths, a byte-level
+BPE tokenizer trained with `tokenizers` on bundled text and carrying Janus's special-token
+strings, the Janus-Pro (or Janus-1.3B) chat template, an image processor and a generation config
+with the classifier-free-guidance defaults. The result loads with plain `transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+IMAGE = "<image_placeholder>"
+BOI = "<begin_of_image>"
+EOI = "<end_of_image>"
+PRO_USER, PRO_ASSISTANT = "<|User|>", "<|Assistant|>"
+
+# Janus's real tokenizer has more specials; the ones janus_ft relies on are listed first.
+SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, PRO_USER, PRO_ASSISTANT,
+                  "<patch_placeholder>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>"]
+
+IMAGE_SIZE = 64      # 64 px / patch 16 -> 4x4 = 16 image tokens on the understanding path
+PATCH_SIZE = 16
+CODEBOOK_SIZE = 256  # VQ codebook entries (16384 in the real model)
+
+# Bundled text the BPE is trained on: enough English, digits and LaTeX to tokenize the sample data.
+_CORPUS = """
+You are a helpful language and vision assistant. You are able to understand the visual content
+that the user provides, and assist the user with a variety of tasks using natural language.
+User Assistant System What is shown in the image? Describe the picture. Which is brighter?
+The first. The second. A cat. A dog. A red circle. A green square. A blue triangle. A yellow star.
+red green blue yellow purple orange white black gray circle square triangle star shape colour color
+Convert the formula into LaTeX. What colour is the shape? Answer with one word.
+A watercolor fox in the snow. A photo of a product on a white background. A painting of a city.
+\\frac{a}{b} \\sqrt{x} x^2 + y^2 = z^2 \\alpha \\beta \\gamma \\sum_{i=1}^{n} i \\int_0^1 f(x) dx
+0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = ( ) [ ] { } < > , . ; : ! ? ' " _ ^ \\ | # $ % &
+the a an of in on at to is are was were be this that it with for and or not yes no
+hello world question answer image picture photo text caption style draw paint generate
+"""
+
+_PRO_ROLES = (PRO_USER, PRO_ASSISTANT)
+_JANUS_ROLES = ("User", "Assistant")
+
+
+def chat_template(user: str, assistant: str) -> str:
+    """Jinja chat template laying out turns and image parts the way Janus checkpoints do.
+
+    A user turn renders `{user}: {content}\\n\\n`, an assistant turn `{assistant}: {content}{EOS}`,
+    other roles `{Role}: {content}{EOS}`; the generation prompt is `{assistant}:`. An image part is
+    `<image_placeholder>`, set off from neighbouring parts by newlines.
+    """
+    return (
+        "{%- for message in messages -%}"
+        "{%- set role = message['role'] | lower -%}"
+        f"{{%- if role == 'user' -%}}{{{{ '{user}: ' }}}}"
+        f"{{%- elif role == 'assistant' -%}}{{{{ '{assistant}:' }}}}"
+        "{%- if not (loop.last and not add_generation_prompt and message['content'][0]['type'] == 'text'"
+        " and message['content'][0]['text'] == '') %} {% endif -%}"
+        "{%- else -%}{{ message['role'] | capitalize ~ ': ' }}{%- endif -%}"
+        "{%- set parts = message['content'] -%}"
+        "{%- for part in parts -%}"
+        "{%- if part['type'] == 'image' -%}"
+        "{%- if not loop.first %}{{ '\\n' }}{% endif -%}"
+        f"{IMAGE}"
+        "{%- if not loop.last %}{{ '\\n' }}{% endif -%}"
+        "{%- elif part['type'] == 'text' -%}"
+        "{%- set text = part['text'] -%}"
+        "{%- if loop.first %}{% set text = text.lstrip() %}{% endif -%}"
+        "{%- if loop.last %}{% set text = text.rstrip() %}{% endif -%}"
+        "{%- if not loop.first and parts[loop.index0 - 1]['type'] == 'text' %}{{ ' ' + text }}"
+        "{%- else %}{{ text }}{% endif -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if not loop.last or add_generation_prompt -%}"
+        "{%- if role == 'user' %}{{ '\\n\\n' }}{% else %}" + EOS + "{% endif -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt %}}{assistant}:{{% endif -%}}"
+    )
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    # Byte-level like DeepSeek's tokenizer, no prefix space: "Assistant:" + " text" stays stable.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    return tok
+
+
+def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
+    """A `PreTrainedTokenizerFast` with Janus's special tokens and BOS prepended like DeepSeek's."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_tokenizer(vocab_size)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
+    user, assistant = _PRO_ROLES if fmt == "janus-pro" else _JANUS_ROLES
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+        model_max_length=4096, padding_side="left",
+        chat_template=chat_template(user, assistant))
+
+
+def tiny_config(tokenizer):
+    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+
+    hidden = 64
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    n_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    vision = JanusVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE, projection_dim=hidden, num_image_tokens=n_tokens)
+    # VQ downsamples by 2**(len(multiplier)-1) = 16: 64 px -> 4x4 codes, matching the vision path.
+    vq = JanusVQVAEConfig(
+        embed_dim=8, num_embeddings=CODEBOOK_SIZE, latent_channels=32, base_channels=32,
+        channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
+        image_token_embed_dim=hidden)
+    # The original LM head is separate from the input embeddings (reference/janus.md section 2).
+    return JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
+                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+                       tie_word_embeddings=False)
+
+
+def build_processor(tokenizer):
+    from transformers import JanusProcessor
+    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+
+    image_processor = JanusImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5], min_size=14)
+    return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          chat_template=tokenizer.chat_template, use_default_system_prompt=True,
+                          num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2)
+
+
+def generation_config(tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, guidance_scale=5.0, temperature=1.0,
+        generation_kwargs={"boi_token_id": tokenizer.convert_tokens_to_ids(BOI)})
+
+
+def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) -> Path:
+    """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`."""
+    from transformers import JanusForConditionalGeneration
+
+    if fmt not in ("janus-pro", "janus"):
+        raise ValueError(f"format must be 'janus-pro' or 'janus', got {fmt!r}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(fmt)
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(tiny_config(tokenizer))
+    model.generation_config = generation_config(tokenizer)
+    model.save_pretrained(out)
+    build_processor(tokenizer).save_pretrained(out)
+    (out / "janus_ft_tiny.json").write_text(json.dumps({"format": fmt, "seed": seed}) + "\n")
+    return out
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def tiny_path(cache_dir: str | Path | None = None) -> Path:
+    """The embedded tiny model (`model.path: tiny`), built once per cache directory."""
+    import os
+
+    root = Path(cache_dir or os.environ.get("JANUS_FT_CACHE", Path.home() / ".cache" / "janus_ft"))
+    target = root / "tiny-janus-pro"
+    key = str(target)
+    if key not in _CACHE:
+        if not (target / "janus_ft_tiny.json").exists():
+            tmp = root / f".tiny-{os.getpid()}"
+            build_tiny(tmp)
+            tmp.replace(target) if not target.exists() else None
+        _CACHE[key] = target
+    return _CACHE[key]
