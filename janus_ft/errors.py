@@ -15,8 +15,8 @@ class BadRecord(UserError):
     def __init__(self, path, line: int | None, field: str | None, problem: str):
         self.path, self.line, self.field, self.problem = str(path), line, field, problem
         where = self.path if line is None else f"{self.path}:{line}"
-        what = f" field '{field}'" if field else ""
-        super().__init__(f"{where}:{what} {problem}".replace(": ", ": ", 1))
+        what = f" field '{field}':" if field else ""
+        super().__init__(f"{where}:{what} {problem}")
 
 
 class RecipeError(UserError):

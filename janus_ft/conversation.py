@@ -1,0 +1,121 @@
+"""Conversation: a `Record` -> the exact Janus prompt text, split into supervised / unsupervised pieces.
+
+The rendering follows reference/janus.md section 3 and lays image parts out the way the
+checkpoint's chat template does, so a training prompt is the inference prompt token for token:
+
+    [{system}\\n\\n]{R_u}: {user}\\n\\n{R_a}: {assistant}<EOS>{R_u}: ...\\n\\n{R_a}:
+
+Only the assistant text after `{R_a}:` (with its leading space) and the EOS closing each assistant
+turn are supervised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .records import IMAGE_TAG, Record
+
+# transformers' JanusProcessor prepends this (with the "\n\n" separator) at inference.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content "
+    "that the user provides, and assist the user with a variety of tasks using natural language."
+)
+IMAGE_PLACEHOLDER = "<image_placeholder>"
+EOS = "<｜end▁of▁sentence｜>"  # for display only: token ids always come from the tokenizer
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    user: str
+    assistant: str
+
+
+FORMATS = {
+    "janus-pro": Format("janus-pro", "<|User|>", "<|Assistant|>"),
+    "janus": Format("janus", "User", "Assistant"),   # Janus-1.3B and JanusFlow
+}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of the rendered conversation.
+
+    `kind`: "prompt"; "answer" (assistant text, closed by the tokenizer's EOS at tokenization);
+    "gen_image" (the generation target: `<begin_of_image>` + image tokens + `<end_of_image>`).
+    """
+
+    text: str
+    supervised: bool = False
+    kind: str = "prompt"
+
+
+def detect_format(processor_or_tokenizer) -> str:
+    """`janus-pro` if the checkpoint's chat template (or vocabulary) uses `<|User|>`, else `janus`."""
+    tok = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    template = getattr(processor_or_tokenizer, "chat_template", None) or getattr(tok, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    if FORMATS["janus-pro"].user in template:
+        return "janus-pro"
+    if template:
+        return "janus"
+    return "janus-pro" if FORMATS["janus-pro"].user in tok.get_vocab() else "janus"
+
+
+def user_content(text: str) -> str:
+    """Lay out `<image>` tags as the chat template lays out image content parts.
+
+    The text is split at the tags into parts (each text part stripped, empty ones dropped); an image
+    part is `<image_placeholder>` set off from its neighbours by a newline on each side.
+    """
+    pieces = [p.strip() for p in text.split(IMAGE_TAG)]
+    parts: list[str | None] = []  # None marks an image
+    for i, chunk in enumerate(pieces):
+        if i:
+            parts.append(None)
+        if chunk:
+            parts.append(chunk)
+    out = []
+    for i, part in enumerate(parts):
+        if part is None:
+            out.append(("\n" if i else "") + IMAGE_PLACEHOLDER + ("\n" if i < len(parts) - 1 else ""))
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+def content_parts(text: str) -> list[dict]:
+    """The same user text as chat-template content parts (what inference code passes to the processor)."""
+    parts: list[dict] = []
+    for i, chunk in enumerate(p.strip() for p in text.split(IMAGE_TAG)):
+        if i:
+            parts.append({"type": "image"})
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
+def render(record: Record, fmt: str | Format, system_prompt: str | None = None,
+           last_turn_only: bool = False) -> list[Piece]:
+    """Render a record into pieces. `system_prompt` replaces the default for records without one."""
+    fmt = FORMATS[fmt] if isinstance(fmt, str) else fmt
+    if record.task == "generation":
+        prompt = f"{fmt.user}: {record.caption.strip()}\n\n{fmt.assistant}:"
+        return [Piece(prompt), Piece("", True, kind="gen_image")]
+    system = record.system if record.system is not None else (
+        DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt)
+    pieces: list[Piece] = []
+    prompt = f"{system}\n\n" if system else ""
+    for i, (user, assistant) in enumerate(record.turns):
+        prompt += f"{fmt.user}: {user_content(user)}\n\n{fmt.assistant}:"
+        supervised = not last_turn_only or i == len(record.turns) - 1
+        pieces += [Piece(prompt), Piece(f" {assistant.strip()}", supervised, kind="answer")]
+        prompt = ""
+    return pieces
+
+
+def render_text(pieces: list[Piece]) -> str:
+    """The whole rendered string (generation target shown as `<begin_of_image>...<end_of_image>`)."""
+    shown = {"gen_image": lambda p: "<begin_of_image>…<end_of_image>", "answer": lambda p: p.text + EOS}
+    return "".join(shown.get(p.kind, lambda p: p.text)(p) for p in pieces)
