@@ -68,7 +68,7 @@ def pack(samples: list[dict]) -> dict:
 
 
 def _add_pixels(batch: dict, samples: list[dict]) -> None:
-    pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
+    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
 

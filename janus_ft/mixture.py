@@ -1,0 +1,123 @@
+"""Mixture: tasks mixed at fixed ratios inside every optimizer step.
+
+Janus-Pro's SFT "mixed all data types according to the ratio in a single training step"
+(5:1:4 understanding : text : generation). The whole training schedule is laid out up front: each
+block of `global_batch` consecutive samples (= one optimizer step across all devices and
+accumulation steps) holds each task's share, rounded with a carried remainder so the counts over
+any run stay within one sample of the ratios. The trainer reads the schedule in order, so resuming
+from step k replays exactly the samples of steps k+1.. of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .dataset import TASK_IDS, JanusDataset
+
+
+def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> list[dict[str, int]]:
+    """Samples of each task in each block; cumulative counts track the ratios to within one sample.
+
+    >>> [sorted(c.items()) for c in block_counts({"a": 5, "b": 1, "c": 4}, 10, 2)]
+    [[('a', 5), ('b', 1), ('c', 4)], [('a', 5), ('b', 1), ('c', 4)]]
+    >>> sum(c["b"] for c in block_counts({"a": 5, "b": 1, "c": 4}, 4, 100))  # 10% of 400
+    40
+    """
+    total = sum(ratios.values())
+    tasks = [t for t, r in ratios.items() if r > 0]
+    done = dict.fromkeys(tasks, 0)
+    out = []
+    for k in range(1, n_blocks + 1):
+        want = {t: k * block * ratios[t] / total for t in tasks}
+        counts = {t: int(want[t]) - done[t] for t in tasks}
+        # hand out what rounding down left over, largest remainder first
+        short = block - sum(counts.values())
+        for t in sorted(tasks, key=lambda t: (want[t] - int(want[t])), reverse=True)[:short]:
+            counts[t] += 1
+        for t in tasks:
+            done[t] += counts[t]
+        out.append(counts)
+    return out
+
+
+class _Cycler:
+    """Endless shuffled passes over one task's samples (a new permutation each pass)."""
+
+    def __init__(self, n: int, rng: random.Random):
+        self.n, self.rng, self.order = n, rng, []
+
+    def next(self) -> int:
+        if not self.order:
+            self.order = list(range(self.n))
+            self.rng.shuffle(self.order)
+        return self.order.pop()
+
+
+def build_schedule(sizes: dict[str, int], ratios: dict[str, float], global_batch: int,
+                   n_steps: int, seed: int) -> list[tuple[str, int]]:
+    """(task, index) for every sample of the run, step by step."""
+    rng = random.Random(seed)
+    cyclers = {t: _Cycler(sizes[t], random.Random(f"{seed}-{t}")) for t in sizes}
+    schedule: list[tuple[str, int]] = []
+    for counts in block_counts({t: ratios.get(t, 0) for t in sizes}, global_batch, n_steps):
+        block = [(t, cyclers[t].next()) for t, c in counts.items() for _ in range(c)]
+        rng.shuffle(block)   # tasks spread over the step's micro-batches
+        schedule += block
+    return schedule
+
+
+def steps_for_epochs(sizes: dict[str, int], ratios: dict[str, float], global_batch: int,
+                     epochs: float) -> int:
+    """Steps for `epochs` epochs, an epoch being as many samples as the mixed tasks hold together
+    (one pass over everything when the ratios follow the data sizes; with other ratios, small tasks
+    repeat and large ones are subsampled, as the ratio asks)."""
+    total = sum(sizes[t] for t in sizes if ratios.get(t, 0) > 0)
+    return max(1, round(epochs * total / global_batch))
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    """The training schedule as a map-style dataset, read in order by the trainer."""
+
+    def __init__(self, datasets: dict[str, JanusDataset], ratios: dict[str, float], global_batch: int,
+                 n_steps: int, seed: int, cfg_dropout: float = 0.0):
+        self.datasets, self.seed, self.cfg_dropout = datasets, seed, cfg_dropout
+        sizes = {t: len(d) for t, d in datasets.items() if len(d) and ratios.get(t, 0) > 0}
+        self.schedule = build_schedule(sizes, ratios, global_batch, n_steps, seed)
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def __getitem__(self, position: int) -> dict:
+        task, index = self.schedule[position]
+        # Seeded by position: the same sample is dropped on a resumed run, different ones each pass.
+        unconditional = (task == "generation" and self.cfg_dropout > 0
+                         and random.Random(f"cfg-{self.seed}-{position}").random() < self.cfg_dropout)
+        return self.datasets[task].sample(index, unconditional=unconditional)
+
+    def as_hf_dataset(self):
+        return lazy_hf_dataset(len(self), self.__getitem__)
+
+    def counts(self, n_samples: int) -> dict[str, int]:
+        out = dict.fromkeys(TASK_IDS, 0)
+        for task, _ in self.schedule[:n_samples]:
+            out[task] += 1
+        return out
+
+
+def lazy_hf_dataset(n: int, getitem):
+    """A `datasets.Dataset` of positions whose rows are built on access by `getitem(position)`.
+
+    TRL's trainer takes `datasets` objects only; an on-the-fly transform keeps samples lazy (images
+    opened when the row is read) instead of materialising pixels for the whole run.
+    """
+    import datasets
+
+    keys = ("input_ids", "labels", "task", "pixel_values")
+
+    def transform(batch):
+        rows = [getitem(p) for p in batch["position"]]
+        return {k: [r.get(k) for r in rows] for k in keys}
+
+    return datasets.Dataset.from_dict({"position": list(range(n))}).with_transform(transform)

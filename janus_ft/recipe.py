@@ -1,0 +1,236 @@
+"""Recipes: YAML -> typed dataclasses, with `section.key=value` overrides.
+
+Every field carries a one-line help. An unknown key is an error naming the closest valid key;
+a wrong type is an error naming the key and the expected type. `train` maps onto TRL's
+`SFTConfig` (transformers `TrainingArguments` names); `train.extra` passes anything else through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import RecipeError
+
+COMPONENTS = ("llm", "aligner", "vision", "gen_head", "gen_aligner", "gen_embed")
+TASKS = ("understanding", "text", "generation")
+
+
+def _f(default, help_text: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text}, **kw)
+    return field(default=default, metadata={"help": help_text}, **kw)
+
+
+@dataclass
+class ModelArgs:
+    path: str = _f("tiny", "transformers-native Janus directory or hub id; 'tiny' = the embedded tiny model")
+    format: str = _f("auto", "conversation format: janus-pro | janus | auto (from the chat template)")
+    dtype: str = _f("float32", "weights dtype: float32 | bfloat16 | float16")
+    quantization: str = _f("none", "none | 4bit | 8bit (bitsandbytes, language model only)")
+    attn_implementation: str | None = _f(None, "sdpa | eager | flash_attention_2 (default: transformers' choice)")
+
+
+@dataclass
+class DataSource:
+    path: str = _f("", "a JSONL file; image paths inside are relative to it")
+    max_samples: int | None = _f(None, "use at most this many records from the file")
+
+
+@dataclass
+class DataArgs:
+    train: list = _f([], "training sources: list of {path: FILE.jsonl}")
+    val: list = _f([], "validation sources, same shape as train")
+    mix: dict = _f({"understanding": 5, "text": 1, "generation": 4},
+                   "samples of each task per optimizer step, as ratios (Janus-Pro stage 3: 5:1:4)")
+    max_length: int = _f(2048, "longest sample in tokens after image expansion; longer ones are dropped")
+    cfg_dropout: float = _f(0.1, "probability of blanking a generation caption (classifier-free guidance)")
+    system_prompt: str | None = _f(None, "system prompt for records without one (default: Janus's own)")
+    last_turn_only: bool = _f(False, "supervise only the last assistant turn of multi-turn records")
+    packing: bool = _f(False, "pack samples into padding-free rows (position ids restart per sample)")
+    code_cache: str | None = _f(None, "directory of the VQ code cache (default: $JANUS_FT_CACHE/vq_codes)")
+
+
+@dataclass
+class LoraArgs:
+    r: int = _f(16, "LoRA rank")
+    alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = _f(0.05, "dropout on the LoRA input")
+    targets: list = _f(["llm", "aligner"], f"components that get LoRA: any of {', '.join(COMPONENTS)}")
+    modules_to_save: list = _f([], "components trained fully instead of with LoRA (same names)")
+    extra: dict = _f({}, "other peft.LoraConfig arguments, passed through (e.g. use_rslora, use_dora)")
+
+
+@dataclass
+class TrainArgs:
+    max_steps: int = _f(-1, "optimizer steps; -1 = derive from num_train_epochs")
+    num_train_epochs: float = _f(1, "passes over the training data (when max_steps is -1)")
+    learning_rate: float = _f(2.0e-4, "peak learning rate")
+    per_device_train_batch_size: int = _f(2, "samples per device per micro-batch")
+    per_device_eval_batch_size: int = _f(4, "samples per device per evaluation batch")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    seed: int = _f(42, "seed for initialisation, data order, mixing and CFG dropout")
+    lr_scheduler_type: str = _f("cosine", "transformers scheduler name (Janus-Pro stage 3: constant)")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    logging_steps: int = _f(1, "log every N optimizer steps")
+    save_steps: int = _f(500, "checkpoint every N optimizer steps")
+    save_total_limit: int | None = _f(None, "keep at most N checkpoints")
+    eval_steps: int | None = _f(None, "evaluate on data.val every N steps (None: only at the end)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    report_to: list = _f([], "loggers, e.g. [tensorboard]")
+    resume: bool = _f(False, "continue from the newest checkpoint in output_dir")
+    resume_from_checkpoint: str | None = _f(None, "continue from this checkpoint directory")
+    deepspeed: str | None = _f(None, "DeepSpeed config file (see recipes/deepspeed/)")
+    dataloader_num_workers: int = _f(0, "worker processes building samples")
+    disable_tqdm: bool = _f(False, "hide the progress bar")
+    extra: dict = _f({}, "any other SFTConfig / TrainingArguments field, passed through")
+
+
+@dataclass
+class Recipe:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    output_dir: str = "runs/janus-ft"
+    source: str | None = field(default=None, metadata={"internal": True})
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or defaults), apply `section.key=value` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of sections (model, data, lora, train, output_dir)")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    recipe = _build(Recipe, raw, where="")
+    recipe.source = str(path) if path else None
+    _resolve_paths(recipe, path.parent if path is not None else Path.cwd())
+    validate(recipe)
+    return recipe
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {item!r} is not of the form section.key=value")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value else ""
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        name = f"{where}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{where}{close[0]}'?)" if close else f" (valid: {', '.join(fields)})"
+            raise RecipeError(f"unknown recipe key '{name}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(kind, value, name: str):
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, f"{name}.")
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, list, dict) and isinstance(value, t):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise RecipeError(f"recipe key '{name}' expects {names}, got {value!r}")
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Data paths in a recipe are relative to the working directory if they exist there, else to
+    the recipe file (so `janus-ft sft --recipe recipes/x.yaml` works from the repo root or recipes/)."""
+    for split in ("train", "val"):
+        sources = []
+        for i, src in enumerate(getattr(recipe.data, split)):
+            src = _build(DataSource, src if isinstance(src, dict) else {"path": src}, f"data.{split}[{i}].")
+            p = Path(src.path)
+            if not p.is_absolute() and not p.exists() and (base / p).exists():
+                src.path = str(base / p)
+            sources.append(src)
+        setattr(recipe.data, split, sources)
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks that need no model: names, choices and combinations."""
+    m, d, lo, t = recipe.model, recipe.data, recipe.lora, recipe.train
+    _choice("model.format", m.format, ("auto", "janus-pro", "janus"))
+    _choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
+    _choice("model.quantization", m.quantization, ("none", "4bit", "8bit"))
+    for key in ("targets", "modules_to_save"):
+        for name in getattr(lo, key):
+            _choice(f"lora.{key}", name, COMPONENTS)
+    both = set(lo.targets) & set(lo.modules_to_save)
+    if both:
+        raise RecipeError(f"lora.targets and lora.modules_to_save both name {sorted(both)}: pick one")
+    if not lo.targets and not lo.modules_to_save:
+        raise RecipeError("nothing to train: lora.targets and lora.modules_to_save are both empty")
+    for task, ratio in d.mix.items():
+        _choice("data.mix", task, TASKS)
+        if not isinstance(ratio, (int, float)) or ratio < 0:
+            raise RecipeError(f"data.mix.{task} must be a number >= 0, got {ratio!r}")
+    if sum(d.mix.values()) <= 0:
+        raise RecipeError("data.mix: at least one task needs a positive ratio")
+    if not 0 <= d.cfg_dropout < 1:
+        raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
+    if d.max_length < 8:
+        raise RecipeError(f"data.max_length must be at least 8, got {d.max_length}")
+    if not d.train:
+        raise RecipeError("data.train is empty: give at least one {path: FILE.jsonl}")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(t, key) < 1:
+            raise RecipeError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
+        raise RecipeError("train.max_steps or train.num_train_epochs must be positive")
+
+
+def _choice(key: str, value, options) -> None:
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(f"{key}: unknown value {value!r}{hint}; expected one of {', '.join(options)}")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    out = dataclasses.asdict(recipe)
+    out.pop("source", None)
+    return out
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True))

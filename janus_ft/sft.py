@@ -1,0 +1,157 @@
+"""`janus-ft sft --recipe R.yaml [section.key=value ...]`: the main job, read top to bottom.
+
+load recipe -> load model and processor -> build datasets and mixture -> apply LoRA -> trainer
+-> train -> save adapter, processor, recipe, mixture and loss plot.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conversation import detect_format
+from .dataset import JanusDataset, load_records, require_tasks
+from .errors import RecipeError
+from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
+from .recipe import Recipe, load_recipe, save_recipe
+
+
+def configure(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="override recipe keys, e.g. train.max_steps=20 output_dir=runs/x")
+
+
+def run(args) -> int:
+    run_sft(load_recipe(args.recipe, args.overrides))
+    return 0
+
+
+def build_datasets(sources, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
+    """One dataset per task from the given sources; generation images VQ-encoded once (cached)."""
+    records = []
+    for src in sources:
+        recs = load_records([src.path])
+        records += recs[: src.max_samples] if src.max_samples else recs
+    by_task: dict[str, list] = {}
+    for rec in records:
+        by_task.setdefault(rec.task, []).append(rec)
+    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
+    d = recipe.data
+    datasets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
+                for task, recs in by_task.items()}
+    for task, ds in datasets.items():
+        if ds.dropped:
+            first = ds.dropped[0]
+            print(f"janus-ft: dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
+                  f"{d.max_length} tokens (first: {first.source}:{first.line})")
+    return datasets
+
+
+def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
+    """Codes for every generation target, encoded once per image and cached on disk. The main
+    process encodes first, so other ranks only read the cache."""
+    if not records:
+        return {}
+    from accelerate import PartialState
+
+    from .vq import CodeCache, codes_for_files
+
+    paths = sorted({str(r.images[0]) for r in records})
+    cache = CodeCache(cache_dir)
+    with PartialState().main_process_first():
+        codes = codes_for_files(model, paths, cache)
+    print(f"janus-ft: VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded")
+    return {p: c.tolist() for p, c in zip(paths, codes)}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
+    """The recipe's `train` section as TRL's `SFTConfig` (one mapping, plus `train.extra`)."""
+    from trl import SFTConfig
+
+    t, dtype = recipe.train, recipe.model.dtype
+    fields = {k: getattr(t, k) for k in (
+        "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+        "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay",
+        "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing",
+        "deepspeed", "dataloader_num_workers", "disable_tqdm")}
+    fields.update(
+        output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
+        eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
+        bf16=dtype == "bfloat16", fp16=False,
+        # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
+        # mixture schedule (its order is what keeps the ratio inside each optimizer step).
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
+        train_sampling_strategy="sequential", prediction_loss_only=True)
+    fields.update(t.extra)
+    try:
+        return SFTConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"train: {err}") from None
+
+
+def resume_argument(recipe: Recipe):
+    t = recipe.train
+    if t.resume_from_checkpoint:
+        if not Path(t.resume_from_checkpoint).is_dir():
+            raise RecipeError(f"train.resume_from_checkpoint: no such directory {t.resume_from_checkpoint}")
+        return t.resume_from_checkpoint
+    if t.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+        last = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
+        if last is None:
+            print(f"janus-ft: train.resume: no checkpoint in {recipe.output_dir}, starting from scratch")
+        return last
+    return None
+
+
+def run_sft(recipe: Recipe) -> Path:
+    """Fine-tune as the recipe says; returns the output directory holding the adapter."""
+    from .collate import JanusCollator
+    from .model import apply_lora, load_model_and_processor, trainable_table
+    from .plot import plot_losses
+    from .trainer import JanusTrainer, MixtureCallback
+
+    out = Path(recipe.output_dir)
+    model, processor = load_model_and_processor(recipe.model)
+    fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
+    train_sets = build_datasets(recipe.data.train, model, processor, recipe, fmt)
+    require_tasks(train_sets, recipe.data.mix)
+    val_sets = build_datasets(recipe.data.val, model, processor, recipe, fmt) if recipe.data.val else {}
+
+    model = apply_lora(model, recipe.lora)
+    print(trainable_table(model))
+
+    t = recipe.train
+    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
+    sizes = {task: len(ds) for task, ds in train_sets.items()}
+    steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
+                                                                  t.num_train_epochs)
+    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout)
+    eval_set = _concat(list(val_sets.values()))
+    trainer = JanusTrainer(
+        model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
+        eval_dataset=eval_set, processing_class=processor,
+        data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
+        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix)])
+    trainer.train(resume_from_checkpoint=resume_argument(recipe))
+    if eval_set is not None:
+        trainer.evaluate()
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        processor.save_pretrained(out)
+        save_recipe(recipe, out / "recipe.yaml")
+        trainer.state.save_to_json(str(out / "trainer_state.json"))
+        plot_losses(trainer.state.log_history, out / "loss.png")
+        print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
+    return out
+
+
+def _concat(datasets):
+    """Validation sets of all tasks as one lazy dataset, in order (no dropout, no mixing)."""
+    index = [(d, i) for d in datasets for i in range(len(d))]
+    return lazy_hf_dataset(len(index), lambda p: index[p][0].sample(index[p][1])) if index else None
