@@ -64,17 +64,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def find_vq_model(model) -> torch.nn.Module:
-    """The `JanusVQVAE` inside a `JanusForConditionalGeneration`, a PEFT wrapper of one, or itself."""
+    """The `JanusVQVAE` of a `JanusForConditionalGeneration`, of a PEFT wrapper of one, or itself."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for candidate in (getattr(getattr(base, "model", None), "vqmodel", None),
                       getattr(base, "vqmodel", None), base):
-        if candidate is not None and hasattr(candidate, "quantize") and hasattr(candidate, "encoder"):
+        if hasattr(candidate, "quantize") and hasattr(candidate, "encoder"):
             return candidate
     raise TypeError(f"no Janus VQ model found in {type(model).__name__} (expected .model.vqmodel)")
 
 
 def generation_image_size(model) -> int:
-    """Pixel size of generation targets: the vision image size, whose VQ grid is the image tokens."""
+    """Generation-target pixel size: the vision image size (its VQ grid = the image tokens)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return int(base.config.vision_config.image_size)
 
@@ -85,10 +85,12 @@ def _num_tokens(vq) -> int:
 
 
 def normalised_nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.LongTensor:
-    """DeepSeek's quantizer search: L2-normalise latents (b, c, h, w) and codebook (n, c), argmin L2.
+    """DeepSeek's quantizer: L2-normalise latents (b, c, h, w) and codebook (n, c), argmin L2.
 
     Returns (b, h * w) codes in raster order (row-major over the h x w grid). The search runs in
     float32: in bfloat16 many of the 16384 distances tie and argmin would pick arbitrary codes.
+    It is the codebook normalisation that changes the answer (vs transformers' `encode`); once the
+    codebook is unit-norm, scaling a latent no longer moves its argmin (the tests pin both).
     """
     b, c, h, w = latents.shape
     z = F.normalize(latents.permute(0, 2, 3, 1).reshape(-1, c).float(), p=2, dim=-1)
@@ -130,7 +132,8 @@ def encode_images(model, images, batch_size: int = 16) -> torch.LongTensor:
         size = generation_image_size(model)
         images = list(images)
         batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-        pixels = [torch.stack([preprocess_generation_image(im, size) for im in batch]) for batch in batches]
+        pixels = [torch.stack([preprocess_generation_image(im, size) for im in batch])
+                  for batch in batches]
     chunks = [_encode_batch(vq, chunk) for chunk in pixels if len(chunk)]
     return torch.cat(chunks) if chunks else torch.empty(0, _num_tokens(vq), dtype=torch.long)
 
@@ -180,7 +183,7 @@ class CacheKey(NamedTuple):
 
 
 def default_cache_dir() -> Path:
-    """`$JANUS_FT_CACHE/vq_codes`, else `~/.cache/janus_ft/vq_codes` (same root as the tiny model)."""
+    """`$JANUS_FT_CACHE/vq_codes`, else `~/.cache/janus_ft/vq_codes` (the tiny model's root too)."""
     root = os.environ.get("JANUS_FT_CACHE") or Path.home() / ".cache" / "janus_ft"
     return Path(root) / "vq_codes"
 
