@@ -1,0 +1,25 @@
+"""janus_ft: fine-tune DeepSeek Janus / Janus-Pro with LoRA on understanding, text and generation.
+
+The public API is imported lazily, so `import janus_ft` (and `janus-ft --help`) stays fast and
+does not pull in torch/transformers until a function is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> module that defines it
+_LAZY = {
+    "load_recipe": "janus_ft.recipe",
+    "run_sft": "janus_ft.sft",
+    "merge_adapter": "janus_ft.merge",
+    "encode_images": "janus_ft.vq",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'janus_ft' has no attribute {name!r}")
