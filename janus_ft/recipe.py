@@ -164,6 +164,11 @@ def _coerce(kind, value, name: str):
     for t in allowed:
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str):   # YAML 1.1 reads "5e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t in (str, bool, list, dict) and isinstance(value, t):

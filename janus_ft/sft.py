@@ -7,6 +7,7 @@ load recipe -> load model and processor -> build datasets and mixture -> apply L
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .conversation import detect_format
@@ -27,12 +28,17 @@ def run(args) -> int:
     return 0
 
 
-def build_datasets(sources, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
-    """One dataset per task from the given sources; generation images VQ-encoded once (cached)."""
+def read_sources(sources) -> list:
+    """Every record of the given sources, validated (raises on the first bad one)."""
     records = []
     for src in sources:
         recs = load_records([src.path])
         records += recs[: src.max_samples] if src.max_samples else recs
+    return records
+
+
+def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
+    """One dataset per task; generation images VQ-encoded once (and cached on disk)."""
     by_task: dict[str, list] = {}
     for rec in records:
         by_task.setdefault(rec.task, []).append(rec)
@@ -109,19 +115,29 @@ def resume_argument(recipe: Recipe):
     return None
 
 
-def run_sft(recipe: Recipe) -> Path:
-    """Fine-tune as the recipe says; returns the output directory holding the adapter."""
+@dataclass
+class SftResult:
+    output_dir: Path       # adapter, processor, recipe.yaml, mixture.json, loss.png
+    model: object          # the trained PeftModel, still in memory
+    log_history: list
+
+
+def run_sft(recipe: Recipe) -> SftResult:
+    """Fine-tune as the recipe says; the adapter and its companions land in `recipe.output_dir`."""
     from .collate import JanusCollator
     from .model import apply_lora, load_model_and_processor, trainable_table
     from .plot import plot_losses
     from .trainer import JanusTrainer, MixtureCallback
 
     out = Path(recipe.output_dir)
+    # Data is read and validated before any weight is loaded: a typo costs seconds, not a model load.
+    train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
+    require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
     model, processor = load_model_and_processor(recipe.model)
     fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
-    train_sets = build_datasets(recipe.data.train, model, processor, recipe, fmt)
-    require_tasks(train_sets, recipe.data.mix)
-    val_sets = build_datasets(recipe.data.val, model, processor, recipe, fmt) if recipe.data.val else {}
+    train_sets = build_datasets(train_records, model, processor, recipe, fmt)
+    require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
+    val_sets = build_datasets(val_records, model, processor, recipe, fmt)
 
     model = apply_lora(model, recipe.lora)
     print(trainable_table(model))
@@ -148,7 +164,7 @@ def run_sft(recipe: Recipe) -> Path:
         trainer.state.save_to_json(str(out / "trainer_state.json"))
         plot_losses(trainer.state.log_history, out / "loss.png")
         print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
-    return out
+    return SftResult(out, trainer.model, trainer.state.log_history)
 
 
 def _concat(datasets):

@@ -172,7 +172,12 @@ def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) ->
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(fmt)
     torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(tiny_config(tokenizer))
+    config = tiny_config(tokenizer)
+    # Real checkpoints have trained heads with large logits; a 64-wide random model initialised at
+    # std 0.02 cannot produce a confident token through its final RMSNorm and frozen lm_head, so
+    # LoRA could never fit anything. Initialise the Janus-level weights wider instead.
+    config.initializer_range = 0.1
+    model = JanusForConditionalGeneration(config)
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)

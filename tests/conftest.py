@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny random Janus per test session, built offline; caches in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data_templates" / "samples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the tiny model and VQ code cache of the test session out of the user's ~/.cache."""
+    os.environ["JANUS_FT_CACHE"] = str(tmp_path_factory.mktemp("janus_ft_cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(_isolated_cache):
+    from janus_ft.tiny import tiny_path
+    return tiny_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_dir):
+    from transformers import JanusProcessor
+    return JanusProcessor.from_pretrained(tiny_dir)
+
+
+@pytest.fixture()
+def tiny_model(tiny_dir):
+    from transformers import JanusForConditionalGeneration
+    return JanusForConditionalGeneration.from_pretrained(tiny_dir).eval()
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
