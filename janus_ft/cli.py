@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from .errors import UserError
@@ -20,7 +19,6 @@ COMMANDS = {
     "chat": ("janus_ft.chat", "understanding / text inference"),
     "generate": ("janus_ft.generate", "text-to-image with classifier-free guidance"),
     "eval": ("janus_ft.evaluate", "per-task validation loss and task metrics"),
-    "bench": ("janus_ft.bench", "training throughput / memory benchmark"),
 }
 
 
@@ -28,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="janus-ft", description="Fine-tune DeepSeek Janus / Janus-Pro.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module) is None:  # lets a partial checkout still run
-            continue
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(_module=module)
         importlib.import_module(module).configure(cmd)

@@ -48,7 +48,7 @@ def _processor(model_path: str):
     from .model import resolve_model_path
     try:
         return JanusProcessor.from_pretrained(resolve_model_path(model_path))
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise UserError(f"--model: cannot load a Janus processor from {model_path!r}: {err}") from None
 
 

@@ -47,7 +47,7 @@ def load_model_and_processor(model_args, quantization_config=None):
     try:
         processor = JanusProcessor.from_pretrained(path)
         model = JanusForConditionalGeneration.from_pretrained(path, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise RecipeError(f"model.path: cannot load a Janus checkpoint from {path!r}: {err}") from None
     freeze_vq(model)
     return model, processor

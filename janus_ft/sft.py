@@ -88,7 +88,8 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
     fields.update(
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
-        bf16=dtype == "bfloat16", fp16=False,
+        # Mixed-precision autocast needs an accelerator; on CPU bf16 weights simply train in bf16.
+        bf16=dtype == "bfloat16" and _has_accelerator(), fp16=False,
         # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
         # mixture schedule (its order is what keeps the ratio inside each optimizer step).
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
@@ -98,6 +99,11 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         return SFTConfig(**fields)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"train: {err}") from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def resume_argument(recipe: Recipe):

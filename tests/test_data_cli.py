@@ -1,0 +1,65 @@
+"""`janus-ft data check/preview`: bad input -> one clear message with file:line and field, exit 2."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import write_jsonl
+from janus_ft.cli import main
+
+
+@pytest.fixture()
+def img(tmp_path):
+    Image.new("RGB", (32, 48), (255, 0, 0)).save(tmp_path / "ok.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return tmp_path
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"query": "q", "response": "r"', "bad.jsonl:2: malformed JSON"),
+    ({"query": "<image>q", "response": "r", "images": ["missing.png"]}, "bad.jsonl:2: field 'images[0]': image not found"),
+    ({"query": "<image>q", "response": "r", "images": ["corrupt.png"]}, "bad.jsonl:2: field 'images[0]': cannot read image"),
+    ({"query": "<image>q", "response": "r", "images": ["ok.png", "ok.png"]}, "field 'images': 2 image(s) given but 1"),
+    ({"query": "q", "response": " "}, "bad.jsonl:2: field 'response': is empty"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0].role': unknown role 'bot'"),
+    ({"query": ["q"], "response": "r"}, "field 'query': expected a string"),
+])
+def test_check_reports_bad_records(img, capsys, line, needle, tiny_dir):
+    path = write_jsonl(img / "bad.jsonl", [{"query": "fine", "response": "yes"}, line])
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert "1 bad record(s)" in err
+
+
+def test_check_counts_tasks_and_lengths(img, capsys, tiny_dir):
+    path = write_jsonl(img / "good.jsonl", [
+        {"query": "<image>What colour?", "response": "red", "images": ["ok.png"]},
+        {"query": "a red square", "response": "<image>", "images": ["ok.png"]},
+        {"query": "hi", "response": "hello"},
+        {"query": "hi " * 400, "response": "long"},
+    ])
+    assert main(["data", "check", str(path), "--model", str(tiny_dir), "--max-length", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "4 valid record(s): understanding 1, text 2, generation 1" in out
+    assert "1 record(s) longer than 256 tokens will be dropped, not truncated" in out
+    assert "VQ code cache: 0 of 1 generation image(s) cached" in out
+
+
+def test_preview_json_and_marked_text(img, capsys, tiny_dir):
+    path = write_jsonl(img / "p.jsonl", [{"query": "Hi", "response": "Hello", "system": ""}])
+    assert main(["data", "preview", str(path), "--model", str(tiny_dir), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["task"] == "text" and row["text"] == "<|User|>: Hi\n\n<|Assistant|>: Hello<｜end▁of▁sentence｜>"
+    assert len(row["input_ids"]) == len(row["labels"])
+    assert main(["data", "preview", str(path), "--model", str(tiny_dir), "--no-color"]) == 0
+    assert "<|Assistant|>:[[ Hello<｜end▁of▁sentence｜>]]" in capsys.readouterr().out
+    assert main(["data", "preview", str(path), "--model", str(tiny_dir), "--format", "janus", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].startswith("User: Hi\n\nAssistant: Hello")
+
+
+def test_missing_model_is_a_clear_error(img, capsys):
+    path = write_jsonl(img / "p.jsonl", [{"query": "Hi", "response": "Hello"}])
+    assert main(["data", "preview", str(path), "--model", str(img / "nope")]) == 2
+    assert "cannot load a Janus processor" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Recipes: every shipped recipe loads and maps onto SFTConfig; mistakes are clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from janus_ft.cli import main
+from janus_ft.errors import RecipeError
+from janus_ft.recipe import load_recipe, save_recipe
+from janus_ft.sft import sft_config
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_maps_to_sft_config(path, tmp_path):
+    recipe = load_recipe(path, [f"output_dir={tmp_path}"])
+    config = sft_config(recipe, max_steps=10, has_eval=bool(recipe.data.val))
+    assert config.learning_rate == recipe.train.learning_rate
+    assert config.per_device_train_batch_size == recipe.train.per_device_train_batch_size
+    save_recipe(recipe, tmp_path / "r.yaml")   # the resolved recipe round-trips
+    assert load_recipe(tmp_path / "r.yaml").train == recipe.train
+
+
+def test_overrides_and_extra_passthrough(tmp_path):
+    r = load_recipe(REPO / "recipes/demo.yaml", ["train.max_steps=7", "lora.targets=[llm, vision]",
+                                                 "train.extra={adam_beta2: 0.95}", "output_dir=x"])
+    assert r.train.max_steps == 7 and r.lora.targets == ["llm", "vision"] and r.output_dir == "x"
+    assert sft_config(r, 7, False).adam_beta2 == 0.95
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trian.max_steps=3", "unknown recipe key 'trian' (did you mean 'train'?)"),
+    ("train.learning_rat=1e-4", "did you mean 'train.learning_rate'"),
+    ("train.max_steps=abc", "'train.max_steps' expects int"),
+    ("lora.targets=[llm, visoin]", "did you mean 'vision'"),
+    ("model.dtype=fp16", "model.dtype: unknown value 'fp16'"),
+    ("model.quantization=3bit", "model.quantization: unknown value"),
+    ("data.mix={understanding: 1, video: 2}", "data.mix: unknown value 'video'"),
+    ("data.mix={understanding: -1}", "must be a number >= 0"),
+    ("data.cfg_dropout=1.5", "data.cfg_dropout must be in [0, 1)"),
+    ("lora.modules_to_save=[llm]", "both name ['llm']"),
+    ("train.per_device_train_batch_size=0", "must be >= 1"),
+    ("train.extra={not_a_field: 1}", "train:"),
+    ("data.train=[]", "data.train is empty"),
+    ("train.max_steps", "is not of the form section.key=value"),
+])
+def test_bad_recipes_fail_with_a_clear_message(override, message):
+    with pytest.raises(RecipeError) as err:
+        r = load_recipe(REPO / "recipes/demo.yaml", [override])
+        sft_config(r, 1, False)
+    assert message in str(err.value)
+
+
+def test_cli_bad_recipe_exits_2_before_loading_a_model(tmp_path, capsys):
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), "lora.r=sixteen"]) == 2
+    assert "expects int" in capsys.readouterr().err
+    missing = tmp_path / "missing.jsonl"
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), f"data.train=[{{path: {missing}}}]",
+                 f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"),
+                 f"data.train=[{{path: {REPO / 'data_templates/samples/text.jsonl'}}}]",
+                 f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "ratio 5 but no understanding records" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_command_has_help(capsys):
+    from janus_ft.cli import COMMANDS
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: janus-ft " + name in capsys.readouterr().out
