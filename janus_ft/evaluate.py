@@ -1,0 +1,244 @@
+"""`janus-ft eval --recipe R.yaml [--adapter DIR] [--compare-base]`: what a fine-tune did, per task.
+
+On the validation records (`data.val`, or `--data`):
+- every task: token-weighted loss and perplexity, from the same forward and loss as training
+  (`compute_loss_parts` over `JanusDataset` + `collate` batches; generation targets are the VQ codes
+  of the val images, so the generation loss is the NLL per held-out image token);
+- understanding / text: a greedy answer per record (its last query, given its history), scored with
+  exact match, character error rate and normalised edit distance;
+- generation: a sample grid for up to 4 fixed val captions with a fixed seed (references on top).
+
+With `--compare-base` the base model is evaluated first, then the adapter is attached to it; the
+report shows base, adapter and their delta. Writes eval.json, eval.md, predictions and grids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .chat import Decoding, answer
+from .collate import collate
+from .dataset import TASK_NAMES, JanusDataset, load_records
+from .errors import UserError
+from .generate import contact_sheet, sample_codes
+from .inference import adapter_base, attach_adapter, load_base, load_processor, resolve_format, to_model
+from .loss import compute_loss_parts
+from .metrics import mean_nll, perplexity, text_scores
+from .recipe import DataSource, load_recipe
+from .sft import vq_codes
+from .tokens import IGNORE_INDEX
+from .vq import decode_codes_to_pil
+
+TEXT_METRICS = ("exact_match", "cer", "edit_distance")
+MAX_SAMPLES = 4
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 128   # longest greedy answer
+    cfg: float = 5.0            # guidance scale of the sample grids
+    seed: int = 0               # caption i of the grid is sampled with seed + i
+
+
+def configure(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="the recipe the adapter was trained with")
+    parser.add_argument("--adapter", help="LoRA adapter directory (default: evaluate the base model only)")
+    parser.add_argument("--data", action="append", metavar="FILE.jsonl",
+                        help="validation file(s) to use instead of the recipe's data.val")
+    parser.add_argument("--compare-base", action="store_true", help="also evaluate the base model, side by side")
+    parser.add_argument("--output", metavar="DIR", help="report directory (default: ADAPTER/eval, "
+                        "or OUTPUT_DIR/eval-base without an adapter)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest greedy answer in tokens")
+    parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale of the sample grids")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample grids")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
+
+
+def run(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    sources = [DataSource(path=p) for p in args.data] if args.data else recipe.data.val
+    if not sources:
+        raise UserError("nothing to evaluate: the recipe's data.val is empty; pass --data FILE.jsonl")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.compare_base and not args.adapter:
+        raise UserError("--compare-base needs --adapter (the base alone is what runs without one)")
+    if args.adapter:
+        adapter_base(args.adapter)  # fail before minutes of base evaluation, not after
+    default = Path(args.adapter) / "eval" if args.adapter else Path(recipe.output_dir) / "eval-base"
+    out = Path(args.output) if args.output else default
+    settings = EvalSettings(args.max_new_tokens, args.cfg, args.seed)
+    report, grids = evaluate(recipe, sources, args.adapter, args.compare_base, settings)
+    write_report(report, grids, out)
+    print(markdown(report))
+    print(f"janus-ft eval: eval.json and eval.md in {out}")
+    return 0
+
+
+def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, compare_base: bool = False,
+             settings: EvalSettings | None = None) -> tuple[dict, dict]:
+    """(report, sample grids by label): base first (when asked), then the adapter on top of it."""
+    settings = settings or EvalSettings()
+    model = load_base(recipe.model.path, recipe.model.dtype)
+    processor = load_processor(recipe.model.path, adapter)
+    fmt = resolve_format(processor, recipe.model.format)
+    datasets = build_eval_sets(load_sources(sources), model, processor, recipe, fmt)
+    labels = (["base"] if compare_base or not adapter else []) + (["adapter"] if adapter else [])
+    results, grids, predictions = {}, {}, {}
+    for label in labels:
+        if label == "adapter":
+            model = attach_adapter(model, adapter)
+        results[label], grids[label], predictions[label] = evaluate_model(
+            model, processor, fmt, datasets, recipe, settings)
+    report = {"model": recipe.model.path, "adapter": adapter, "data": [str(s.path) for s in sources],
+              "records": {task: len(ds) for task, ds in datasets.items()}, "results": results,
+              "predictions": predictions}
+    if len(results) == 2:
+        report["delta"] = delta(results["base"], results["adapter"])
+    return report, grids
+
+
+def load_sources(sources: list[DataSource]) -> list:
+    records = []
+    for src in sources:
+        recs = load_records([src.path])
+        records += recs[: src.max_samples] if src.max_samples else recs
+    return records
+
+
+def build_eval_sets(records, model, processor, recipe, fmt: str) -> dict[str, JanusDataset]:
+    by_task: dict[str, list] = {}
+    for record in records:
+        by_task.setdefault(record.task, []).append(record)
+    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
+    d = recipe.data
+    sets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
+            for task, recs in by_task.items()}
+    for task, ds in sets.items():
+        if ds.dropped:
+            print(f"janus-ft eval: skipped {len(ds.dropped)} {task} record(s) longer than data.max_length")
+    return {task: ds for task, ds in sets.items() if len(ds)}
+
+
+def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings: EvalSettings):
+    """(metrics per task, sample grid or None, predictions per record) for one model."""
+    batch_size = recipe.train.per_device_eval_batch_size
+    results, grid, predictions = {}, None, []
+    for task, ds in datasets.items():
+        total, tokens = task_loss(model, ds, processor.tokenizer.pad_token_id, batch_size)
+        nll = mean_nll(total, tokens)
+        results[task] = {"loss": nll, "perplexity": perplexity(nll), "tokens": tokens, "records": len(ds)}
+        if task == "generation":
+            grid = sample_grid(model, processor, fmt, ds, settings)
+        else:
+            decoding = Decoding(settings.max_new_tokens, system_prompt=recipe.data.system_prompt)
+            scores, preds = answer_records(model, processor, fmt, ds, decoding)
+            results[task].update(scores)
+            predictions += preds
+    return results, grid, predictions
+
+
+@torch.no_grad()
+def task_loss(model, ds: JanusDataset, pad_id: int, batch_size: int) -> tuple[float, int]:
+    """Sum of token losses and number of supervised tokens over a dataset (no CFG dropout)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(ds), batch_size):
+        batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))], pad_id)
+        parts = compute_loss_parts(model, to_model(batch, model))
+        for task_sum, task_tokens in parts.per_task.values():
+            total, tokens = total + task_sum, tokens + task_tokens
+    model.train(was_training)
+    return total, tokens
+
+
+def answer_records(model, processor, fmt: str, ds: JanusDataset, decoding: Decoding) -> tuple[dict, list]:
+    """Mean text metrics over greedy answers, and one prediction row per record."""
+    rows = []
+    for example in ds.examples:
+        record = example.record
+        reference = record.turns[-1][1]
+        prediction = answer(model, processor, record, fmt, decoding)
+        rows.append({"task": record.task, "source": record.source, "line": record.line,
+                     "query": record.turns[-1][0], "reference": reference, "prediction": prediction,
+                     **text_scores(prediction, reference)})
+    means = {name: sum(r[name] for r in rows) / len(rows) for name in TEXT_METRICS}
+    return means, rows
+
+
+def sample_grid(model, processor, fmt: str, ds: JanusDataset, settings: EvalSettings):
+    """References (decoded from their VQ codes) over one sample each, for the first val captions.
+    Caption i always uses seed + i, so base and adapter grids differ only by the model."""
+    examples = ds.examples[:MAX_SAMPLES]
+    references = torch.tensor([[c for c in ex.labels if c != IGNORE_INDEX] for ex in examples])
+    samples = [sample_codes(model, processor, ex.record.caption, fmt, n=1, cfg=settings.cfg,
+                            temperature=1.0, seed=settings.seed + i)[0] for i, ex in enumerate(examples)]
+    images = decode_codes_to_pil(model, torch.cat([references, torch.stack(samples)]))
+    return {"captions": [ex.record.caption for ex in examples],
+            "image": contact_sheet(images, columns=len(examples))}
+
+
+def delta(base: dict, adapter: dict) -> dict:
+    """adapter - base for every numeric metric both have."""
+    out = {}
+    for task in base.keys() & adapter.keys():
+        out[task] = {k: adapter[task][k] - base[task][k] for k in base[task]
+                     if k in adapter[task] and k not in ("records", "tokens")}
+    return out
+
+
+def write_report(report: dict, grids: dict, out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {out}: cannot create it ({err.strerror or err})") from None
+    predictions = report.pop("predictions")
+    for label, grid in grids.items():
+        if grid is not None:
+            grid["image"].save(out / f"samples_{label}.png")
+            sample = {"file": f"samples_{label}.png", "captions": grid["captions"]}
+            report.setdefault("samples", {})[label] = sample
+    for label, rows in predictions.items():
+        if rows:
+            with open(out / f"predictions_{label}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(markdown(report), encoding="utf-8")
+
+
+_NAMES = {"loss": "loss (NLL / token)", "perplexity": "perplexity", "exact_match": "exact match",
+          "cer": "CER", "edit_distance": "normalised edit distance", "tokens": "tokens", "records": "records"}
+
+
+def markdown(report: dict) -> str:
+    """A readable table: one row per task and metric, a column per model, then the delta."""
+    results, labels = report["results"], list(report["results"])
+    has_delta = "delta" in report
+    head = ["task", "metric"] + labels + (["delta"] if has_delta else [])
+    lines = [f"# janus-ft eval\n\nmodel: `{report['model']}`  ",
+             f"adapter: `{report['adapter']}`  ", f"data: {', '.join(f'`{d}`' for d in report['data'])}\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    tasks = [t for t in TASK_NAMES.values() if any(t in r for r in results.values())]
+    for task in tasks:
+        for metric in results[labels[0]].get(task, {}):
+            row = [task, _NAMES.get(metric, metric)] + [_fmt(results[lab][task].get(metric)) for lab in labels]
+            if has_delta:
+                row.append(_fmt(report["delta"].get(task, {}).get(metric), signed=True))
+            lines.append("| " + " | ".join(row) + " |")
+    for label, sample in report.get("samples", {}).items():
+        lines.append(f"\n{label} samples (top: references; bottom: seed-fixed samples): "
+                     f"![{label}]({sample['file']})  \ncaptions: " + "; ".join(sample["captions"]))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return f"{value:+d}" if signed else str(value)
+    return f"{value:+.4f}" if signed else f"{value:.4f}"

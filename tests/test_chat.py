@@ -1,0 +1,176 @@
+"""janus_ft.chat / janus_ft.inference: answers equal plain transformers `generate()` on prompts built
+independently with the processor's chat template; an adapter answers like its merged model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from janus_ft.cli import main
+from janus_ft.errors import UserError
+from janus_ft.inference import adapter_base, build_prompt, load_for_inference
+from janus_ft.tiny import build_tiny
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
+IMAGE = SAMPLES / "images" / "shape_0049.png"
+QUESTION = "What colour is the shape?"
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-chat"))
+
+
+@pytest.fixture(scope="session")
+def base(tiny):
+    from transformers import JanusForConditionalGeneration, JanusProcessor
+
+    return JanusForConditionalGeneration.from_pretrained(tiny).eval(), JanusProcessor.from_pretrained(tiny)
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny, base, tmp_path_factory) -> Path:
+    """A LoRA adapter with random non-zero weights (a fresh one is a no-op: lora_B starts at 0)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import JanusForConditionalGeneration
+
+    from janus_ft.model import target_regex
+
+    model = JanusForConditionalGeneration.from_pretrained(tiny)
+    targets = target_regex(model, ["llm", "aligner"])
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    base[1].save_pretrained(out)  # as `janus-ft sft` does
+    return out
+
+
+def _reference_answer(model, processor, content: list[dict], history=(), images=()) -> str:
+    """Greedy answer via the processor's own chat template (which prepends the default system prompt)."""
+    messages = []
+    for user, assistant in history:
+        messages += [{"role": "user", "content": [{"type": "text", "text": user}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": assistant}]}]
+    messages.append({"role": "user", "content": content})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    kwargs = {"images": [Image.open(p).convert("RGB") for p in images]} if images else {}
+    inputs = processor(text=text, return_tensors="pt", **kwargs)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _image_content() -> list[dict]:
+    return [{"type": "image"}, {"type": "text", "text": QUESTION}]
+
+
+def test_build_prompt_matches_processor(base):
+    model, processor = base
+    messages = [{"role": "user", "content": _image_content()}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    expected = processor(text=text, images=[Image.open(IMAGE).convert("RGB")], return_tensors="pt")["input_ids"]
+    for query in (f"<image>{QUESTION}", QUESTION):  # untagged images go first, as in the data layer
+        got = build_prompt(processor, query, n_images=1)["input_ids"]
+        assert got.tolist() == expected.tolist()
+    assert (got == processor.tokenizer.convert_tokens_to_ids("<image_placeholder>")).sum() == 16
+
+
+def test_build_prompt_system_and_image_count(base):
+    _, processor = base
+    no_system = build_prompt(processor, "hello", system="")["input_ids"][0].tolist()
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+                                         add_generation_prompt=True)
+    assert no_system == processor.tokenizer(text)["input_ids"]
+    with pytest.raises(UserError, match="2 image"):
+        build_prompt(processor, "<image>hello", n_images=2)
+
+
+def test_chat_streams_plain_generate_answer(base, tiny, capsys):
+    model, processor = base
+    expected = _reference_answer(model, processor, _image_content(), images=[IMAGE])
+    assert expected.strip()
+    rc = main(["chat", "--model", str(tiny), "--image", str(IMAGE), "--prompt", f"<image>{QUESTION}",
+               "--max-new-tokens", str(NEW_TOKENS)])
+    assert rc == 0
+    assert capsys.readouterr().out == expected.lstrip() + "\n"  # the answer's opening space is not shown
+
+
+def test_chat_adapter_equals_merged_model(base, tiny, adapter, capsys):
+    from peft import PeftModel
+    from transformers import JanusForConditionalGeneration
+
+    model, processor = base
+    merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny), adapter)
+    merged = merged.merge_and_unload().eval()
+    expected = _reference_answer(merged, processor, _image_content(), images=[IMAGE])
+    assert expected != _reference_answer(model, processor, _image_content(), images=[IMAGE])
+    # No --model: the base comes from adapter_config.json.
+    assert adapter_base(adapter) == str(tiny)
+    rc = main(["chat", "--adapter", str(adapter), "--image", str(IMAGE), "--prompt", QUESTION,
+               "--max-new-tokens", str(NEW_TOKENS), "--no-stream"])
+    assert rc == 0
+    assert capsys.readouterr().out == expected.strip() + "\n"
+
+
+def test_chat_jsonl_answers_last_query_with_history(base, tiny, tmp_path):
+    model, processor = base
+    history = [["What is 7 + 7?", "14"]]
+    src = tmp_path / "in.jsonl"
+    rows = [{"query": "What is 1 + 5?", "response": "6", "history": history},
+            {"query": QUESTION, "response": "green", "images": [str(IMAGE)]},
+            {"query": "a red circle", "response": "<image>", "images": [str(IMAGE)]}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    rc = main(["chat", "--model", str(tiny), "--jsonl", str(src), "--output", str(out),
+               "--max-new-tokens", str(NEW_TOKENS)])
+    assert rc == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [{k: v for k, v in g.items() if k != "prediction"} for g in got] == rows
+    text_expected = _reference_answer(model, processor, [{"type": "text", "text": rows[0]["query"]}], history)
+    image_expected = _reference_answer(model, processor, _image_content(), images=[IMAGE])
+    assert got[0]["prediction"] == text_expected.strip()
+    assert got[1]["prediction"] == image_expected.strip()
+    assert "prediction" not in got[2]  # generation records are for `janus-ft generate`
+
+
+def test_sampling_is_seeded(tiny, capsys):
+    args = ["chat", "--model", str(tiny), "--prompt", "hello", "--max-new-tokens", "8", "--no-stream",
+            "--temperature", "1.5", "--seed"]
+    outs = []
+    for seed in ("3", "3"):
+        assert main(args + [seed]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
+def test_chat_user_errors_exit_2(tiny, tmp_path, capsys):
+    assert main(["chat", "--model", str(tiny)]) == 2
+    assert "exactly one of --prompt" in capsys.readouterr().err
+    assert main(["chat", "--adapter", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+    assert main(["chat", "--model", str(tiny), "--prompt", "<image>hi"]) == 2
+    assert "0 image(s) given but 1 <image> tag" in capsys.readouterr().err
+    assert main(["chat", "--model", str(tiny), "--image", str(tmp_path / "no.png"), "--prompt", "hi"]) == 2
+    assert "no.png: file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "hi", "response": "yo"}\n{"query": "x"}\n')
+    assert main(["chat", "--model", str(tiny), "--jsonl", str(bad)]) == 2
+    assert "bad.jsonl:2: field 'response'" in capsys.readouterr().err
+
+
+def test_load_for_inference_prefers_adapter_processor(adapter):
+    from peft import PeftModel
+
+    model, processor = load_for_inference(None, adapter)
+    assert isinstance(model, PeftModel) and not model.training
+    assert processor.num_image_tokens == 16
