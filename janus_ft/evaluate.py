@@ -22,14 +22,14 @@ import torch
 
 from .chat import Decoding, answer
 from .collate import collate
-from .dataset import TASK_NAMES, JanusDataset, load_records
+from .dataset import TASK_NAMES, JanusDataset
 from .errors import UserError
 from .generate import contact_sheet, sample_codes
 from .inference import adapter_base, attach_adapter, load_base, load_processor, resolve_format, to_model
 from .loss import compute_loss_parts
 from .metrics import mean_nll, perplexity, text_scores
 from .recipe import DataSource, load_recipe
-from .sft import vq_codes
+from .sft import build_datasets, read_sources
 from .tokens import IGNORE_INDEX
 from .vq import decode_codes_to_pil
 
@@ -86,7 +86,8 @@ def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, comp
     model = load_base(recipe.model.path, recipe.model.dtype)
     processor = load_processor(recipe.model.path, adapter)
     fmt = resolve_format(processor, recipe.model.format)
-    datasets = build_eval_sets(load_sources(sources), model, processor, recipe, fmt)
+    datasets = {task: ds for task, ds in build_datasets(read_sources(sources), model, processor, recipe, fmt).items()
+                if len(ds)}
     labels = (["base"] if compare_base or not adapter else []) + (["adapter"] if adapter else [])
     results, grids, predictions = {}, {}, {}
     for label in labels:
@@ -100,28 +101,6 @@ def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, comp
     if len(results) == 2:
         report["delta"] = delta(results["base"], results["adapter"])
     return report, grids
-
-
-def load_sources(sources: list[DataSource]) -> list:
-    records = []
-    for src in sources:
-        recs = load_records([src.path])
-        records += recs[: src.max_samples] if src.max_samples else recs
-    return records
-
-
-def build_eval_sets(records, model, processor, recipe, fmt: str) -> dict[str, JanusDataset]:
-    by_task: dict[str, list] = {}
-    for record in records:
-        by_task.setdefault(record.task, []).append(record)
-    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
-    d = recipe.data
-    sets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
-            for task, recs in by_task.items()}
-    for task, ds in sets.items():
-        if ds.dropped:
-            print(f"janus-ft eval: skipped {len(ds.dropped)} {task} record(s) longer than data.max_length")
-    return {task: ds for task, ds in sets.items() if len(ds)}
 
 
 def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings: EvalSettings):
