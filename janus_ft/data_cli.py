@@ -80,7 +80,7 @@ def check(args) -> int:
     for err in errors[:50]:
         print(f"bad record: {err}", file=sys.stderr)
     if errors:
-        more = f" (first 50 shown)" if len(errors) > 50 else ""
+        more = " (first 50 shown)" if len(errors) > 50 else ""
         raise UserError(f"{len(errors)} bad record(s){more}")
     return 0
 

@@ -17,7 +17,7 @@ from .conversation import render
 from .errors import BadRecord, UserError
 from .images import open_rgb, pixel_values
 from .records import Record, parse_line, read_records
-from .tokens import IGNORE_INDEX, SpecialIds, drop_condition, encode
+from .tokens import SpecialIds, drop_condition, encode
 
 TASK_IDS = {"text": 0, "understanding": 1, "generation": 2}
 TASK_NAMES = {v: k for k, v in TASK_IDS.items()}
@@ -106,9 +106,6 @@ class JanusDataset(torch.utils.data.Dataset):
             images = [open_rgb(p, ex.record.source, ex.record.line) for p in ex.record.images]
             out["pixel_values"] = pixel_values(self.processor.image_processor, images)
         return out
-
-    def supervised_tokens(self, index: int) -> int:
-        return sum(label != IGNORE_INDEX for label in self.examples[index].labels)
 
 
 def require_tasks(datasets: dict[str, "JanusDataset | list"], mix: dict[str, float]) -> None:

@@ -197,8 +197,14 @@ def tiny_path(cache_dir: str | Path | None = None) -> Path:
     key = str(target)
     if key not in _CACHE:
         if not (target / "janus_ft_tiny.json").exists():
+            # Build beside the target and rename: another process (a second rank, a parallel test)
+            # never sees a half-written checkpoint; if it won the race, ours is simply discarded.
+            import shutil
             tmp = root / f".tiny-{os.getpid()}"
             build_tiny(tmp)
-            tmp.replace(target) if not target.exists() else None
+            try:
+                tmp.rename(target)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
         _CACHE[key] = target
     return _CACHE[key]

@@ -8,7 +8,6 @@ accumulation, checkpoints, resume, DDP / DeepSpeed / FSDP, logging -- is TRL / t
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,16 +23,12 @@ class JanusTrainer(SFTTrainer):
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
-        self.task_counts: Counter = Counter()   # samples this process has trained on, by task
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = compute_loss_parts(model, inputs)
         mode = "train" if model.training else "eval"
         for task, (loss_sum, n) in parts.per_task.items():
             self._metrics[mode][f"loss_{TASK_NAMES[task]}"].append(loss_sum / n)
-        if model.training:
-            starts = (inputs["position_ids"] == 0) & (inputs["task_ids"] >= 0)
-            self.task_counts.update(TASK_NAMES[t] for t in inputs["task_ids"][starts].tolist())
         if num_items_in_batch is not None:
             loss = parts.total / num_items_in_batch
             if self.args.average_tokens_across_devices:

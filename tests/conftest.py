@@ -46,3 +46,23 @@ def write_jsonl(path: Path, records: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
     return path
+
+
+def random_adapter(base_dir, components: list[str], out: Path, seed: int = 0) -> Path:
+    """Save a LoRA adapter on `components` with random non-zero weights (a fresh adapter is a
+    no-op because lora_B starts at zero, so a test with it could not fail)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import JanusForConditionalGeneration
+
+    from janus_ft.model import target_regex
+
+    model = JanusForConditionalGeneration.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,
+                                                  target_modules=target_regex(model, components)))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(out)
+    return out

@@ -13,7 +13,7 @@ from PIL import Image
 from janus_ft.cli import main
 from janus_ft.errors import UserError
 from janus_ft.inference import adapter_base, build_prompt, load_for_inference
-from janus_ft.tiny import build_tiny
+from conftest import random_adapter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
 IMAGE = SAMPLES / "images" / "shape_0049.png"
@@ -22,8 +22,8 @@ NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny(tmp_path_factory.mktemp("tiny-chat"))
+def tiny(tiny_dir) -> Path:
+    return tiny_dir
 
 
 @pytest.fixture(scope="session")
@@ -35,22 +35,8 @@ def base(tiny):
 
 @pytest.fixture(scope="session")
 def adapter(tiny, base, tmp_path_factory) -> Path:
-    """A LoRA adapter with random non-zero weights (a fresh one is a no-op: lora_B starts at 0)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import JanusForConditionalGeneration
-
-    from janus_ft.model import target_regex
-
-    model = JanusForConditionalGeneration.from_pretrained(tiny)
-    targets = target_regex(model, ["llm", "aligner"])
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
+    """A LoRA adapter with random non-zero weights."""
+    out = random_adapter(tiny, ["llm", "aligner"], tmp_path_factory.mktemp("adapter"), seed=1)
     base[1].save_pretrained(out)  # as `janus-ft sft` does
     return out
 

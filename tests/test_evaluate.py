@@ -14,7 +14,7 @@ from PIL import Image
 from janus_ft.cli import main
 from janus_ft.metrics import mean_nll, token_nll
 from janus_ft.records import read_records
-from janus_ft.tiny import build_tiny
+from conftest import random_adapter
 from janus_ft.vq import encode_images
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
@@ -22,8 +22,8 @@ UND_VAL, GEN_VAL = SAMPLES / "understanding_val.jsonl", SAMPLES / "generation_va
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny(tmp_path_factory.mktemp("tiny-eval"))
+def tiny(tiny_dir) -> Path:
+    return tiny_dir
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +43,8 @@ def recipe(tiny, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(tiny, tmp_path_factory) -> Path:
     """LoRA on the LLM and generation head with random non-zero weights."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import JanusForConditionalGeneration
-
-    from janus_ft.model import target_regex
-
-    model = JanusForConditionalGeneration.from_pretrained(tiny)
-    targets = target_regex(model, ["llm", "aligner", "gen_head", "gen_aligner"])
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
-    return out
+    return random_adapter(tiny, ["llm", "aligner", "gen_head", "gen_aligner"],
+                          tmp_path_factory.mktemp("adapter"), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from janus_ft.cli import main
 from janus_ft.generate import contact_sheet, image_generation_config, prompt_inputs
-from janus_ft.tiny import build_tiny
+from conftest import random_adapter
 from janus_ft.vq import decode_codes_to_pil
 
 CAPTION = "a red circle on a blue background"
@@ -21,8 +21,8 @@ N_TOKENS = 16
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny(tmp_path_factory.mktemp("tiny-generate"))
+def tiny(tiny_dir) -> Path:
+    return tiny_dir
 
 
 @pytest.fixture(scope="session")
@@ -87,22 +87,11 @@ def test_generate_matches_transformers_and_writes_decoded_pngs(base, tiny, tmp_p
 
 
 def test_generate_with_adapter_equals_merged_model(base, tiny, tmp_path):
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import JanusForConditionalGeneration
 
-    from janus_ft.model import target_regex
-
     model, processor = base
-    fresh = JanusForConditionalGeneration.from_pretrained(tiny)
-    targets = target_regex(fresh, ["llm", "gen_head", "gen_aligner"])
-    peft_model = get_peft_model(fresh, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.normal_(0, 0.3)
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
+    adapter = random_adapter(tiny, ["llm", "gen_head", "gen_aligner"], tmp_path / "adapter", seed=2)
     merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny), adapter)
     merged = merged.merge_and_unload().eval()
 

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from janus_ft.cli import main
-from janus_ft.conversation import content_parts, render
 from janus_ft.records import read_records
 
 REPO = Path(__file__).resolve().parent.parent
