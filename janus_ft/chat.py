@@ -56,6 +56,7 @@ def configure(parser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (when sampling)")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--batch-size", type=int, default=8, help="with --jsonl: records answered per generate call")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-stream", action="store_true", help="print the answer only when it is complete")
 
@@ -63,6 +64,8 @@ def configure(parser) -> None:
 def run(args) -> int:
     if (args.prompt is None) == (args.jsonl is None):
         raise UserError("give exactly one of --prompt TEXT or --jsonl FILE")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     # Bad input is reported before the (possibly minutes-long) model load.
@@ -77,7 +80,7 @@ def run(args) -> int:
     fmt = resolve_format(processor, args.format)
     decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.system)
     if rows is not None:
-        return answer_rows(model, processor, fmt, rows, args.output, decoding)
+        return answer_rows(model, processor, fmt, rows, args.output, decoding, args.batch_size)
     streamer = None if args.no_stream else _streamer(processor)
     text = answer(model, processor, record, fmt, decoding, streamer)
     if args.no_stream:
@@ -120,6 +123,48 @@ def answer(model, processor, record: Record, fmt: str, decoding: Decoding, strea
     return processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def left_pad(inputs: list[dict], pad_id: int) -> dict:
+    """Prompts of one record each -> one batch, padded on the left so every answer starts at the
+    same column. `pixel_values` are concatenated in row order, the order in which the model
+    scatters image features into placeholder positions.
+
+    >>> b = left_pad([{"input_ids": torch.tensor([[5, 6, 7]])}, {"input_ids": torch.tensor([[8]])}], pad_id=0)
+    >>> b["input_ids"].tolist(), b["attention_mask"].tolist()
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    """
+    width = max(x["input_ids"].shape[1] for x in inputs)
+    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, x in enumerate(inputs):
+        n = x["input_ids"].shape[1]
+        ids[row, width - n:] = x["input_ids"][0]
+        mask[row, width - n:] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    pixels = [x["pixel_values"] for x in inputs if "pixel_values" in x]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+@torch.no_grad()
+def answer_batch(model, processor, records: list[Record], fmt: str, decoding: Decoding) -> list[str]:
+    """Answers to several records from one `generate` call (greedy: the same answers as `answer`
+    one by one; sampling draws from one seeded stream for the whole batch)."""
+    tok = processor.tokenizer
+    batch = to_model(left_pad([record_inputs(processor, r, fmt, decoding.system_prompt) for r in records],
+                              tok.pad_token_id), model)
+    if decoding.seed is not None:
+        torch.manual_seed(decoding.seed)
+    out = model.generate(**batch, **decoding.generate_kwargs(), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id)
+    answers = []
+    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        if tok.eos_token_id in row:      # finished rows are padded after their EOS
+            row = row[:row.index(tok.eos_token_id)]
+        answers.append(tok.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
 def read_rows(path: Path) -> list[tuple[dict, Record]]:
     """(original object, validated record) for every line; the first bad record raises."""
     if not path.is_file():
@@ -129,18 +174,24 @@ def read_rows(path: Path) -> list[tuple[dict, Record]]:
             for number, line in enumerate(lines, start=1) if line.strip()]
 
 
-def answer_rows(model, processor, fmt: str, rows, output: str | None, decoding: Decoding) -> int:
-    """Answer each understanding/text record; generation records are passed through unanswered."""
+def answer_rows(model, processor, fmt: str, rows, output: str | None, decoding: Decoding,
+                batch_size: int = 1) -> int:
+    """Answer each understanding/text record, `batch_size` at a time; generation records are passed
+    through unanswered. Rows are written in input order as soon as their batch is done."""
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
     answered = skipped = 0
     try:
-        for obj, record in rows:
-            if record.task == "generation":
-                skipped += 1
-            else:
-                obj["prediction"] = answer(model, processor, record, fmt, decoding)
-                answered += 1
-            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            todo = [record for _, record in chunk if record.task != "generation"]
+            answers = iter(answer_batch(model, processor, todo, fmt, decoding) if todo else [])
+            for obj, record in chunk:
+                if record.task == "generation":
+                    skipped += 1
+                else:
+                    obj["prediction"] = next(answers)
+                    answered += 1
+                out.write(json.dumps(obj, ensure_ascii=False) + "\n")
             out.flush()
     finally:
         if output:

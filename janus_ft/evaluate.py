@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .chat import Decoding, answer
+from .chat import Decoding, answer_batch
 from .collate import collate
 from .dataset import TASK_NAMES, JanusDataset
 from .errors import UserError
@@ -115,7 +115,7 @@ def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings:
             grid = sample_grid(model, processor, fmt, ds, settings)
         else:
             decoding = Decoding(settings.max_new_tokens, system_prompt=recipe.data.system_prompt)
-            scores, preds = answer_records(model, processor, fmt, ds, decoding)
+            scores, preds = answer_records(model, processor, fmt, ds, decoding, batch_size)
             results[task].update(scores)
             predictions += preds
     return results, grid, predictions
@@ -136,13 +136,15 @@ def task_loss(model, ds: JanusDataset, pad_id: int, batch_size: int) -> tuple[fl
     return total, tokens
 
 
-def answer_records(model, processor, fmt: str, ds: JanusDataset, decoding: Decoding) -> tuple[dict, list]:
-    """Mean text metrics over greedy answers, and one prediction row per record."""
+def answer_records(model, processor, fmt: str, ds: JanusDataset, decoding: Decoding,
+                   batch_size: int = 8, limit: int | None = None) -> tuple[dict, list]:
+    """Mean text metrics over greedy answers (batched), and one prediction row per record."""
+    records = [ex.record for ex in ds.examples[:limit]]
+    predictions = [p for start in range(0, len(records), batch_size)
+                   for p in answer_batch(model, processor, records[start:start + batch_size], fmt, decoding)]
     rows = []
-    for example in ds.examples:
-        record = example.record
+    for record, prediction in zip(records, predictions):
         reference = record.turns[-1][1]
-        prediction = answer(model, processor, record, fmt, decoding)
         rows.append({"task": record.task, "source": record.source, "line": record.line,
                      "query": record.turns[-1][0], "reference": reference, "prediction": prediction,
                      **text_scores(prediction, reference)})

@@ -160,3 +160,19 @@ def test_load_for_inference_prefers_adapter_processor(adapter):
     model, processor = load_for_inference(None, adapter)
     assert isinstance(model, PeftModel) and not model.training
     assert processor.num_image_tokens == 16
+
+
+def test_batched_answers_equal_one_by_one(adapter):
+    """Left-padded batches (text, image, multi-turn; different lengths) answer exactly as single
+    prompts do, with an adapter so the answers are not trivially equal."""
+    from janus_ft.chat import Decoding, answer, answer_batch
+    from janus_ft.inference import prompt_record
+
+    model, processor = load_for_inference(None, adapter)
+    records = [prompt_record("hi"), prompt_record(QUESTION, 1), prompt_record("and 2 + 2?", history=[("1 + 1?", "2")]),
+               prompt_record(f"<image>{QUESTION} And <image> this one?", 2)]
+    records[1].images, records[3].images = [IMAGE], [IMAGE, SAMPLES / "images" / "shape_0001.png"]
+    decoding = Decoding(max_new_tokens=12)
+    single = [answer(model, processor, r, "janus-pro", decoding) for r in records]
+    assert answer_batch(model, processor, records, "janus-pro", decoding) == single
+    assert len(set(single)) > 1

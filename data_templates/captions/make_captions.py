@@ -7,6 +7,7 @@ and image always agree ("a small red circle on a blue striped background").
     python data_templates/captions/make_captions.py OUT_DIR --n 200 --seed 0 --size 64 --split-val 20
     python data_templates/captions/make_captions.py OUT_DIR --layout folder      # img.png + img.txt pairs
     python data_templates/captions/make_captions.py --from-folder PHOTOS/ OUT.jsonl
+    python data_templates/captions/make_captions.py OUT_DIR --subjects 8 --shots 24 --noise 3
 
 Records are generation records: the caption is the query and the response is exactly "<image>".
 """
@@ -134,6 +135,39 @@ def make_captions(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: i
     return paths["train"], paths["val"]
 
 
+def make_subject_shots(out_dir, subjects: int = 8, shots: int = 24, n_val: int = 4, noise: int = 3,
+                       seed: int = 0, size: int = 64) -> tuple[Path, Path]:
+    """A few subjects photographed many times, like a product-photo set: every subject is one
+    plain scene with its own caption, every shot adds fresh per-pixel noise (+-`noise` levels).
+    The last `n_val` shots of each subject go to val, so val images are unseen but their captions
+    are not: the held-out set a style fine-tune is judged on.
+    """
+    import numpy as np
+
+    if subjects < 1 or not 0 <= n_val < shots or noise < 0:
+        raise ValueError(f"need subjects >= 1, 0 <= n_val < shots, noise >= 0; got {subjects}, {n_val}, {shots}, {noise}")
+    out_dir, rng, noise_rng = Path(out_dir), random.Random(seed), np.random.default_rng(seed)
+    scenes: dict[str, dict] = {}
+    while len(scenes) < subjects:  # distinct captions; at most 8 * 7 * 3 plain scenes exist
+        if len(scenes) >= len(COLOURS) * (len(COLOURS) - 1) * len(SHAPES):
+            raise ValueError(f"at most {len(scenes)} distinct subjects")
+        scene = sample_scene(rng, plain=True)
+        scenes.setdefault(caption(scene), scene)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    records: dict[str, list] = {"train": [], "val": []}
+    for s, (text, scene) in enumerate(scenes.items()):
+        clean = np.asarray(draw_scene(scene, size), dtype=np.int16)
+        for shot in range(shots):
+            noisy = clean + noise_rng.integers(-noise, noise + 1, clean.shape, dtype=np.int16)
+            rel = f"images/s{s:02d}_{shot:03d}.png"
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(out_dir / rel)
+            split = "val" if shot >= shots - n_val else "train"
+            records[split].append({"query": text, "response": "<image>", "images": [rel]})
+    for split, recs in records.items():
+        write_jsonl(out_dir / f"{split}.jsonl", recs)
+    return out_dir / "train.jsonl", out_dir / "val.jsonl"
+
+
 def folder_to_jsonl(folder, out_jsonl) -> Path:
     """Turn a folder of `name.png` + `name.txt` pairs (searched recursively) into generation JSONL.
 
@@ -171,11 +205,18 @@ def main(argv=None) -> None:
     p.add_argument("--layout", choices=("jsonl", "folder"), default="jsonl",
                    help="jsonl: train/val.jsonl + images/; folder: train/ and val/ of img.png + img.txt")
     p.add_argument("--plain", action="store_true", help="short captions: solid backgrounds, no size words or frames")
+    p.add_argument("--subjects", type=int, metavar="K",
+                   help="instead: K subjects x --shots noisy photos each (last --split-val shots per subject to val)")
+    p.add_argument("--shots", type=int, default=24, help="with --subjects: photos per subject")
+    p.add_argument("--noise", type=int, default=3, help="with --subjects: per-pixel noise amplitude")
     p.add_argument("--from-folder", metavar="FOLDER", help="convert FOLDER of img + img.txt pairs to OUT (.jsonl)")
     args = p.parse_args(argv)
     try:
         if args.from_folder:
             paths = [folder_to_jsonl(args.from_folder, args.out)]
+        elif args.subjects:
+            paths = make_subject_shots(args.out, args.subjects, args.shots, 4 if args.split_val is None else args.split_val,
+                                       args.noise, args.seed, args.size)
         else:
             paths = make_captions(args.out, args.n, args.seed, args.size, args.split_val, args.layout, args.plain)
     except ValueError as e:
