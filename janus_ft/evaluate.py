@@ -152,10 +152,10 @@ def answer_records(model, processor, fmt: str, ds: JanusDataset, decoding: Decod
     return means, rows
 
 
-def sample_grid(model, processor, fmt: str, ds: JanusDataset, settings: EvalSettings):
+def sample_grid(model, processor, fmt: str, ds: JanusDataset, settings: EvalSettings, limit: int = MAX_SAMPLES):
     """References (decoded from their VQ codes) over one sample each, for the first val captions.
     Caption i always uses seed + i, so base and adapter grids differ only by the model."""
-    examples = ds.examples[:MAX_SAMPLES]
+    examples = ds.examples[:limit]
     references = torch.tensor([[c for c in ex.labels if c != IGNORE_INDEX] for ex in examples])
     samples = [sample_codes(model, processor, ex.record.caption, fmt, n=1, cfg=settings.cfg,
                             temperature=1.0, seed=settings.seed + i)[0] for i, ex in enumerate(examples)]

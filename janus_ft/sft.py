@@ -133,6 +133,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     from .collate import JanusCollator
     from .model import apply_lora, load_model_and_processor, trainable_table
     from .plot import plot_losses
+    from .probe import TrainingProbe
     from .trainer import JanusTrainer, MixtureCallback
 
     out = Path(recipe.output_dir)
@@ -159,7 +160,9 @@ def run_sft(recipe: Recipe) -> SftResult:
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
         data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
-        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix)])
+        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix)],
+        probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
+                            t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt))
     trainer.train(resume_from_checkpoint=resume_argument(recipe))
     if eval_set is not None:
         trainer.evaluate()

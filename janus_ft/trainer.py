@@ -18,8 +18,9 @@ from .loss import compute_loss_parts
 
 
 class JanusTrainer(SFTTrainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, probe=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.probe = probe   # janus_ft.probe.TrainingProbe: answers and images at each evaluation
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
@@ -36,6 +37,26 @@ class JanusTrainer(SFTTrainer):
         else:
             loss = parts.total / max(parts.n_tokens, 1)
         return (loss, None) if return_outputs else loss
+
+    def evaluate(self, *args, **kwargs):
+        """The Trainer's evaluation (loss per task), then the probe's generated answers and images."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.probe is None or not self.probe.enabled():
+            return metrics
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # Generating on one rank while ZeRO-3 shards the weights would wait forever for the others.
+        if is_deepspeed_zero3_enabled():
+            return metrics
+        if self.is_world_process_zero():
+            extra, grid = self.probe.run(self.accelerator.unwrap_model(self.model), self.state.global_step,
+                                         Path(self.args.output_dir))
+            if grid is not None:
+                from .probe import tensorboard_image
+                tensorboard_image(self.callback_handler.callbacks, "eval/samples", grid, self.state.global_step)
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
 
 
 class MixtureCallback(TrainerCallback):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from janus_ft.cli import main
@@ -143,14 +144,27 @@ def test_resume_equals_straight_run(tmp_path, shapes):
 def test_demo_recipe_end_to_end(tmp_path):
     """The README's main job, shortened: all three tasks mixed, adapter and plot written."""
     out = tmp_path / "demo"
-    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), "train.max_steps=6",
-                 "train.save_steps=100", "train.eval_steps=3", "train.disable_tqdm=true", f"output_dir={out}"]) == 0
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), "train.max_steps=6", "train.eval_answers=3",
+                 "train.save_steps=100", "train.eval_steps=3", "train.disable_tqdm=true", f"output_dir={out}",
+                 "train.report_to=[tensorboard]"]) == 0
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = set().union(*log)
-    assert {"loss_understanding", "loss_text", "loss_generation", "eval_loss"} <= keys
+    assert {"loss_understanding", "loss_text", "loss_generation", "eval_loss", "eval_loss_generation"} <= keys
     assert (out / "loss.png").stat().st_size > 10_000
+    # evaluation during training: generated-answer metrics at steps 3 and 6 (and the final one),
+    # sample grids as PNG and in TensorBoard next to the scalars
+    probes = [e for e in log if "eval_understanding_exact_match" in e]
+    assert [e["step"] for e in probes] == [3, 6, 6]
+    assert all(0 <= e["eval_understanding_cer"] for e in probes)
+    grid = Image.open(out / "samples" / "step-3.png")
+    assert grid.size == (4 * 64 + 3 * 2, 2 * 64 + 2)   # 4 val captions: references over samples
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir, = out.glob("runs/*")
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("eval/samples")][:2] == [3, 6]
+    assert "eval/understanding_exact_match" in events.Tags()["scalars"]
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +227,20 @@ def test_learns_to_generate_a_captioned_set(trained_generation, subjects, tiny_m
     assert before_nll > 5.0                     # about ln(256) = 5.55: the base knows nothing
     assert after_nll < 0.7 * before_nll         # held-out shots: measured 5.72 -> 2.93
     assert before < 0.02 and after > 5 * max(before, 0.01)   # measured 0.002 -> 0.115
+
+
+def test_eval_compare_base_reports_what_training_did(trained, shapes, trained_generation, subjects, tmp_path):
+    """`janus-ft eval --compare-base` on the two learning runs: the improvement shows on its own path."""
+    for run, val, task in ((trained, shapes[1], "understanding"), (trained_generation, subjects[1], "generation")):
+        out = tmp_path / task
+        assert main(["eval", "--recipe", str(run.output_dir / "recipe.yaml"), "--adapter", str(run.output_dir),
+                     "--compare-base", "--data", str(val), "--max-new-tokens", "3", "--output", str(out)]) == 0
+        report = json.loads((out / "eval.json").read_text())
+        base, tuned, delta = report["results"]["base"][task], report["results"]["adapter"][task], report["delta"][task]
+        print(f"{task}: loss {base['loss']:.2f} -> {tuned['loss']:.2f}", {k: round(v, 3) for k, v in delta.items()})
+        assert delta["loss"] < -1.0
+        if task == "understanding":
+            assert base["exact_match"] <= 0.3 and tuned["exact_match"] >= 0.8
+        else:
+            assert (out / "samples_base.png").is_file() and (out / "samples_adapter.png").is_file()
+        assert "| " + task in (out / "eval.md").read_text()
