@@ -67,6 +67,20 @@ def pack(samples: list[dict]) -> dict:
     return batch
 
 
+def real_token_fraction(batch: dict) -> float:
+    """Sample tokens over token slots of a collated batch: the share of the compute that is not
+    padding (1.0 for a packed row). Padding is where `task_ids` is -1, in both layouts.
+
+    >>> import torch
+    >>> s = [{"input_ids": torch.tensor([5, 6, 7, 8]), "labels": torch.tensor([-100, 6, 7, 8]), "task": 0},
+    ...      {"input_ids": torch.tensor([5, 9]), "labels": torch.tensor([-100, 9]), "task": 1}]
+    >>> real_token_fraction(collate(s, pad_id=2)), real_token_fraction(pack(s))
+    (0.75, 1.0)
+    """
+    task_ids = batch["task_ids"]
+    return float((task_ids >= 0).sum()) / task_ids.numel()
+
+
 def _add_pixels(batch: dict, samples: list[dict]) -> None:
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     if pixels:

@@ -56,16 +56,29 @@ class _Cycler:
 
 
 def build_schedule(sizes: dict[str, int], ratios: dict[str, float], global_batch: int,
-                   n_steps: int, seed: int) -> list[tuple[str, int]]:
-    """(task, index) for every sample of the run, step by step."""
+                   n_steps: int, seed: int, lengths: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
+    """(task, index) for every sample of the run, step by step. With `lengths` (tokens of each
+    task's samples), each step's samples are ordered longest first (see `group_by_length`)."""
     rng = random.Random(seed)
     cyclers = {t: _Cycler(sizes[t], random.Random(f"{seed}-{t}")) for t in sizes}
     schedule: list[tuple[str, int]] = []
     for counts in block_counts({t: ratios.get(t, 0) for t in sizes}, global_batch, n_steps):
         block = [(t, cyclers[t].next()) for t, c in counts.items() for _ in range(c)]
         rng.shuffle(block)   # tasks spread over the step's micro-batches
-        schedule += block
+        schedule += group_by_length(block, lengths) if lengths else block
     return schedule
+
+
+def group_by_length(block: list[tuple[str, int]], lengths: dict[str, list[int]]) -> list[tuple[str, int]]:
+    """One step's samples, longest first, so each micro-batch cut from the step holds similar lengths
+    and pads little. Only the order inside the step changes: which samples the step trains on, and
+    so the task ratio of every step, stay as they are (a global length sort would break both).
+
+    >>> group_by_length([("text", 0), ("understanding", 1), ("text", 1), ("generation", 0)],
+    ...                 {"text": [12, 40], "understanding": [0, 90], "generation": [30]})
+    [('understanding', 1), ('text', 1), ('generation', 0), ('text', 0)]
+    """
+    return sorted(block, key=lambda item: -lengths[item[0]][item[1]])   # stable: ties keep the shuffle
 
 
 def steps_for_epochs(sizes: dict[str, int], ratios: dict[str, float], global_batch: int,
@@ -81,10 +94,13 @@ class MixtureDataset(torch.utils.data.Dataset):
     """The training schedule as a map-style dataset, read in order by the trainer."""
 
     def __init__(self, datasets: dict[str, JanusDataset], ratios: dict[str, float], global_batch: int,
-                 n_steps: int, seed: int, cfg_dropout: float = 0.0):
+                 n_steps: int, seed: int, cfg_dropout: float = 0.0, group_by_length: bool = False):
         self.datasets, self.seed, self.cfg_dropout = datasets, seed, cfg_dropout
         sizes = {t: len(d) for t, d in datasets.items() if len(d) and ratios.get(t, 0) > 0}
-        self.schedule = build_schedule(sizes, ratios, global_batch, n_steps, seed)
+        # CFG dropout blanks caption ids in place, so a sample's length is known before it is built.
+        lengths = ({t: [len(e.input_ids) for e in datasets[t].examples] for t in sizes}
+                   if group_by_length else None)
+        self.schedule = build_schedule(sizes, ratios, global_batch, n_steps, seed, lengths)
 
     def __len__(self) -> int:
         return len(self.schedule)

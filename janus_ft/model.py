@@ -7,6 +7,7 @@ full module names, so the adapter loads with plain `peft.PeftModel.from_pretrain
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -35,26 +36,112 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-def load_model_and_processor(model_args, quantization_config=None):
+def load_model_and_processor(model_args):
     from transformers import JanusForConditionalGeneration, JanusProcessor
 
     path = resolve_model_path(model_args.path)
     kwargs = {"dtype": _DTYPES[model_args.dtype]}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    if quantization_config is not None:
-        kwargs.update(quantization_config=quantization_config, device_map={"": _device()})
+    quantization = quantization_config(model_args)
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map={"": _device()})
     try:
         processor = JanusProcessor.from_pretrained(path)
         model = JanusForConditionalGeneration.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise RecipeError(f"model.path: cannot load a Janus checkpoint from {path!r}: {err}") from None
+    if quantization is not None:
+        model = prepare_kbit(model)
     freeze_vq(model)
     return model, processor
 
 
 def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    # One process per GPU under torchrun / accelerate: each rank loads its copy onto its own card.
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_skip_modules() -> list[str]:
+    """Everything but the language model's decoder stays in the compute dtype: the vision tower,
+    aligners, VQ model, generation embeddings/aligner/head and `lm_head` hold ~1.3B of
+    Janus-Pro-7B's 7.4B weights (by its architecture sizes), and the two output heads are where
+    4-bit rounding would hurt the logits most."""
+    return ["lm_head", "model.vqmodel"] + [p for c, p in COMPONENT_PATHS.items() if c != "llm"]
+
+
+def quantization_config(model_args):
+    """`model.quantization` as a transformers `BitsAndBytesConfig` (None for `none`)."""
+    from transformers import BitsAndBytesConfig
+
+    skip = quantization_skip_modules()   # a list given here replaces transformers' default skips
+    if model_args.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if model_args.quantization == "4bit":
+        # QLoRA's settings: NF4 with double quantization, matmuls in the recipe's dtype.
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=_DTYPES[model_args.dtype], llm_int8_skip_modules=skip)
+    return None
+
+
+def prepare_kbit(model):
+    """PEFT's preparation of a quantized base model for training.
+
+    `use_gradient_checkpointing=False`: PEFT's default would switch checkpointing on behind the
+    recipe's back; `train.gradient_checkpointing` decides, and the Trainer applies it.
+    PEFT also upcasts every non-quantized bf16/fp16 parameter to fp32. We keep that: the model runs
+    in one dtype around its 4/8-bit matmuls (bitsandbytes casts their output back to the input's
+    dtype), norms run in fp32, and whatever trains fully (`lora.modules_to_save`) gets fp32 master
+    weights, whose small AdamW updates bf16 would round away (see `train_in_fp32` for TRL's cast).
+    The price is fp32 copies of the frozen unquantized modules (about +2.7 GB for Janus-Pro-7B);
+    under bf16 autocast on a GPU their matmuls still run in bf16.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def train_in_fp32(model) -> None:
+    """Trainable parameters back to fp32, after TRL's `SFTTrainer.__init__` and before `train()`
+    builds the optimizer.
+
+    On a quantized model TRL casts every trainable parameter to bf16 (its reading of the QLoRA
+    paper), `lora.modules_to_save` included. A fully trained module then meets fp32 activations
+    wherever no autocast runs (CPU, fp32 recipes) and the forward fails ("mat1 and mat2 must have
+    the same dtype"), and bf16 master weights round small AdamW updates away (why TRL already
+    exempts DoRA's magnitude). LoRA and saved modules are small: fp32 costs little.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def check_quantization(quantization: str) -> None:
+    """Fail before any weight loads where bitsandbytes cannot quantize on this machine.
+
+    Called from recipe validation. bitsandbytes imports even where it has no kernel for the
+    device, so a tiny quantization on the training device is the proof that the backend is there.
+    """
+    if quantization == "none":
+        return
+    where = f"model.quantization={quantization}"
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnb_functional
+    except Exception as err:   # not installed, or its native library fails to load
+        raise RecipeError(f"{where} needs bitsandbytes, which cannot be imported here ({err}); "
+                          "`pip install bitsandbytes`, or set model.quantization=none") from None
+    device = _device()
+    try:
+        probe = torch.randn(64, 64, device=device)
+        if quantization == "4bit":
+            bnb_functional.quantize_4bit(probe, blocksize=64, quant_type="nf4")
+        else:
+            bnb_functional.int8_vectorwise_quant(probe.half())
+    except Exception as err:   # no kernel registered for this device type
+        raise RecipeError(f"{where}: bitsandbytes {bnb.__version__} has no {quantization} backend for "
+                          f"device '{device}' ({type(err).__name__}: {err}); set model.quantization=none") from None
 
 
 def freeze_vq(model) -> None:

@@ -54,6 +54,7 @@ class DataArgs:
     system_prompt: str | None = _f(None, "system prompt for records without one (default: Janus's own)")
     last_turn_only: bool = _f(False, "supervise only the last assistant turn of multi-turn records")
     packing: bool = _f(False, "pack samples into padding-free rows (position ids restart per sample)")
+    group_by_length: bool = _f(False, "without packing: order each step's samples by length so micro-batches pad less")
     code_cache: str | None = _f(None, "directory of the VQ code cache (default: $JANUS_FT_CACHE/vq_codes)")
 
 
@@ -91,6 +92,8 @@ class TrainArgs:
     report_to: list = _f([], "loggers, e.g. [tensorboard]")
     resume: bool = _f(False, "continue from the newest checkpoint in output_dir")
     resume_from_checkpoint: str | None = _f(None, "continue from this checkpoint directory")
+    overwrite_output_dir: bool = _f(False, "replace what a non-empty output_dir holds (default: refuse)")
+    nan_policy: str = _f("stop", "on a non-finite loss: stop (naming step and task) | skip (the micro-batch, counted)")
     deepspeed: str | None = _f(None, "DeepSpeed config file (see recipes/deepspeed/)")
     dataloader_num_workers: int = _f(0, "worker processes building samples")
     disable_tqdm: bool = _f(False, "hide the progress bar")
@@ -181,8 +184,12 @@ def _coerce(kind, value, name: str):
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    """Data paths in a recipe are relative to the working directory if they exist there, else to
-    the recipe file (so `janus-ft sft --recipe recipes/x.yaml` works from the repo root or recipes/)."""
+    """Data paths (and train.deepspeed) in a recipe are relative to the working directory if they
+    exist there, else to the recipe file (so `janus-ft sft --recipe recipes/x.yaml` works from the
+    repo root or recipes/)."""
+    ds = recipe.train.deepspeed
+    if ds and not Path(ds).is_absolute() and not Path(ds).exists() and (base / ds).exists():
+        recipe.train.deepspeed = str(base / ds)
     for split in ("train", "val"):
         sources = []
         for i, src in enumerate(getattr(recipe.data, split)):
@@ -200,6 +207,12 @@ def validate(recipe: Recipe) -> None:
     _choice("model.format", m.format, ("auto", "janus-pro", "janus"))
     _choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
     _choice("model.quantization", m.quantization, ("none", "4bit", "8bit"))
+    if m.quantization != "none":
+        if "llm" in lo.modules_to_save:
+            raise RecipeError(f"lora.modules_to_save=[llm] cannot train a {m.quantization} language model "
+                              "fully: use lora.targets=[llm], or model.quantization=none")
+        from .model import check_quantization   # bitsandbytes probed before any weight loads
+        check_quantization(m.quantization)
     for key in ("targets", "modules_to_save"):
         for name in getattr(lo, key):
             _choice(f"lora.{key}", name, COMPONENTS)
@@ -216,6 +229,9 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
     if not 0 <= d.cfg_dropout < 1:
         raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
+    if d.packing and d.group_by_length:
+        raise RecipeError("data.packing and data.group_by_length both set: packed rows have no padding "
+                          "to save, pick one")
     if d.max_length < 8:
         raise RecipeError(f"data.max_length must be at least 8, got {d.max_length}")
     if not d.train:
@@ -223,8 +239,26 @@ def validate(recipe: Recipe) -> None:
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(t, key) < 1:
             raise RecipeError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
+    if t.deepspeed:
+        _check_deepspeed(t.deepspeed)
     if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
         raise RecipeError("train.max_steps or train.num_train_epochs must be positive")
+
+
+def _check_deepspeed(path: str) -> None:
+    import importlib.util
+    import json
+
+    if not Path(path).is_file():
+        raise RecipeError(f"train.deepspeed: no such file {path} (relative to the working directory or the "
+                          "recipe; shipped: recipes/deepspeed/zero2.json, recipes/deepspeed/zero3.json)")
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise RecipeError(f"train.deepspeed: {path} is not a JSON DeepSpeed config: {err}") from None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError("train.deepspeed needs DeepSpeed: pip install 'janus-ft[deepspeed]'")
 
 
 def _choice(key: str, value, options) -> None:

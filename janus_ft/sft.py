@@ -7,9 +7,11 @@ load recipe -> load model and processor -> build datasets and mixture -> apply L
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
 from .errors import RecipeError
@@ -24,8 +26,8 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    run_sft(load_recipe(args.recipe, args.overrides))
-    return 0
+    result = run_sft(load_recipe(args.recipe, args.overrides))
+    return 128 + result.interrupted if result.interrupted else 0   # the shell's code for "killed by signal"
 
 
 def read_sources(sources) -> list:
@@ -59,20 +61,64 @@ def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
     process encodes first, so other ranks only read the cache."""
     if not records:
         return {}
-    from accelerate import PartialState
-
     from .vq import CodeCache, codes_for_files
 
     paths = sorted({str(r.images[0]) for r in records})
     cache = CodeCache(cache_dir)
-    with PartialState().main_process_first():
+    with distributed_state().main_process_first():
         codes = codes_for_files(model, paths, cache)
     print(f"janus-ft: VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded")
     return {p: c.tolist() for p, c in zip(paths, codes)}
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes training together (torchrun / accelerate launch), from the process group itself."""
+    return distributed_state().num_processes
+
+
+def distributed_state():
+    """accelerate's state of this process (rank, main process), set up as the Trainer will set it.
+
+    Under torchrun / `accelerate launch` on a machine without a GPU, accelerate forms a process group
+    of CPU ranks (gloo) only when told to use the CPU; otherwise every rank trains alone on the
+    whole schedule and encodes the VQ cache itself. `ACCELERATE_USE_CPU` is what TrainingArguments
+    reads (`accelerate launch` sets it to False unless given --cpu, which cannot spawn processes).
+    """
+    from accelerate import PartialState
+
+    cpu = _cpu_ranks()
+    if cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    return PartialState(cpu=cpu)
+
+
+def _cpu_ranks() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+
+
+def distributed_fields(train) -> dict:
+    """SFTConfig fields a launch on CPU ranks needs (none elsewhere): DeepSpeed's state, made here.
+
+    accelerate enters DeepSpeed only off the CPU, and TrainingArguments starts DeepSpeed's process
+    group without naming a backend, which on a machine without a GPU leaves every rank believing it
+    is alone. So the state is rebuilt as DeepSpeed over gloo (DeepSpeed's CPU accelerator supports
+    it) and the Trainer told to use it as configured. FSDP has no such path: refuse it rather than
+    let accelerate fall back to DDP without a word.
+    """
+    if not _cpu_ranks():
+        return {}
+    if train.extra.get("fsdp") or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise RecipeError("FSDP needs GPUs: accelerate runs it only on GPU (or XPU/NPU/HPU) ranks. On CPU "
+                          "use DDP, or DeepSpeed ZeRO-3 to shard (train.deepspeed=recipes/deepspeed/zero3.json)")
+    if not train.deepspeed:
+        return {}
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)   # the process group itself stays
+    os.environ["ACCELERATE_USE_CPU"] = "false"
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {"accelerator_config": {"use_configured_state": True}}
 
 
 def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
@@ -83,7 +129,7 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
     fields = {k: getattr(t, k) for k in (
         "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
         "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay",
-        "max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing",
+        "max_grad_norm", "logging_steps", "save_steps", "save_total_limit",
         "deepspeed", "dataloader_num_workers", "disable_tqdm")}
     fields.update(
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
@@ -93,7 +139,14 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
         # mixture schedule (its order is what keeps the ratio inside each optimizer step).
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
-        train_sampling_strategy="sequential", prediction_loss_only=True)
+        train_sampling_strategy="sequential", prediction_loss_only=True,
+        # transformers 5 calls it activation checkpointing. Non-reentrant (transformers' default, made
+        # explicit): DDP must find unused parameters (a micro-batch without images leaves the SigLIP
+        # LoRA without gradient), which reentrant checkpointing does not allow; and TRL's switch to
+        # reentrant for PEFT + ZeRO-3 edits this dict in place (given None, its edit lands on the
+        # deprecated alias the Trainer no longer reads).
+        activation_checkpointing=t.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False})
+    fields.update(distributed_fields(t))
     fields.update(t.extra)
     try:
         return SFTConfig(**fields)
@@ -126,54 +179,92 @@ class SftResult:
     output_dir: Path       # adapter, processor, recipe.yaml, mixture.json, loss.png
     model: object          # the trained PeftModel, still in memory
     log_history: list
+    interrupted: int = 0   # the signal that stopped training (a resumable checkpoint was saved), or 0
 
 
 def run_sft(recipe: Recipe) -> SftResult:
     """Fine-tune as the recipe says; the adapter and its companions land in `recipe.output_dir`."""
     from .collate import JanusCollator
-    from .model import apply_lora, load_model_and_processor, trainable_table
-    from .plot import plot_losses
+    from .model import apply_lora, load_model_and_processor, train_in_fp32, trainable_table
+    from transformers import set_seed
+
     from .probe import TrainingProbe
     from .trainer import JanusTrainer, MixtureCallback
 
-    out = Path(recipe.output_dir)
-    # Data is read and validated before any weight is loaded: a typo costs seconds, not a model load.
+    out, t = Path(recipe.output_dir), recipe.train
+    # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
     train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
     require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
+    main_process = distributed_state().is_main_process
+    check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, main_process)
+    if main_process:
+        clear_staging(out)
+        save_recipe(recipe, out / "recipe.yaml")   # marks the directory as this run's from the start
     model, processor = load_model_and_processor(recipe.model)
     fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
     train_sets = build_datasets(train_records, model, processor, recipe, fmt)
     require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
     val_sets = build_datasets(val_records, model, processor, recipe, fmt)
 
+    # LoRA's A matrices are drawn now, before the Trainer seeds anything: seed here, or the same
+    # recipe gives a different adapter depending on what ran earlier in the process.
+    set_seed(t.seed)
     model = apply_lora(model, recipe.lora)
     print(trainable_table(model))
 
-    t = recipe.train
     global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
     sizes = {task: len(ds) for task, ds in train_sets.items()}
     steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
                                                                   t.num_train_epochs)
-    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout)
+    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout,
+                             group_by_length=recipe.data.group_by_length)
     eval_set = _concat(list(val_sets.values()))
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
         data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
-        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix)],
+        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix), stopper := SignalCheckpoint()],
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
-                            t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt))
+                            t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
+        nan_policy=t.nan_policy)
+    if recipe.model.quantization != "none":
+        train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     trainer.train(resume_from_checkpoint=resume_argument(recipe))
+    if trainer.skipped_batches:
+        print(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
+    if stopper.received:
+        print(f"janus-ft: stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
+              f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
+        return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
     if eval_set is not None:
         trainer.evaluate()
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out))
-        processor.save_pretrained(out)
-        save_recipe(recipe, out / "recipe.yaml")
-        trainer.state.save_to_json(str(out / "trainer_state.json"))
-        plot_losses(trainer.state.log_history, out / "loss.png")
+        save_outputs(trainer, processor, out)
         print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
     return SftResult(out, trainer.model, trainer.state.log_history)
+
+
+def save_outputs(trainer, processor, out: Path) -> None:
+    """The final adapter and its companions, written aside and then renamed into `out` file by file,
+    so a kill or a full disk never leaves a half-written adapter next to the checkpoints."""
+    from .checkpoint import STAGING, save_error
+    from .plot import plot_losses
+
+    staged = out / STAGING / "final"
+    try:
+        trainer.save_model(str(staged))
+        processor.save_pretrained(staged)
+        trainer.state.save_to_json(str(staged / "trainer_state.json"))
+        plot_losses(trainer.state.log_history, staged / "loss.png")
+        for path in sorted(staged.rglob("*")):
+            if path.is_file():
+                target = out / path.relative_to(staged)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    except OSError as err:
+        raise save_error(err, "the final adapter", out) from None
+    finally:
+        clear_staging(out)
 
 
 def _concat(datasets):
