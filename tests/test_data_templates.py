@@ -46,6 +46,7 @@ GENERATORS = {
     "latex": lambda out, seed: make_latex_ocr.make_latex_ocr(out, n=6, seed=seed, size=96, n_val=2),
     "captions": lambda out, seed: make_captions.make_captions(out, n=12, seed=seed, size=32, n_val=3),
     "captions-folder": lambda out, seed: make_captions.make_captions(out, n=6, seed=seed, n_val=2, layout="folder"),
+    "subject-shots": lambda out, seed: make_captions.make_subject_shots(out, subjects=3, shots=4, n_val=1, seed=seed, size=32),
 }
 
 
@@ -72,6 +73,22 @@ def test_counts_valid_jsonl_and_images(tmp_path, make, n, n_val, size):
     for r in records:
         check_record(r, tmp_path, size)
         assert r["response"]
+
+
+def test_subject_shots_val_images_are_new_shots_of_trained_captions(tmp_path):
+    import numpy as np
+
+    train, val = make_captions.make_subject_shots(tmp_path, subjects=5, shots=6, n_val=2, noise=3, seed=4, size=32)
+    train_recs, val_recs = read_jsonl(train), read_jsonl(val)
+    assert (len(train_recs), len(val_recs)) == (20, 10)
+    assert len({r["query"] for r in train_recs}) == 5 and {r["query"] for r in val_recs} == {r["query"] for r in train_recs}
+    for r in train_recs + val_recs:
+        check_record(r, tmp_path, 32)
+    pixels = {r["images"][0]: np.asarray(Image.open(tmp_path / r["images"][0]), dtype=int) for r in train_recs + val_recs}
+    first, second = (pixels[r["images"][0]] for r in train_recs[:2])   # two shots of subject 0
+    assert 0 < np.abs(first - second).max() <= 6                       # same scene, fresh noise
+    with pytest.raises(ValueError):
+        make_captions.make_subject_shots(tmp_path / "x", subjects=2, shots=3, n_val=3)
 
 
 def test_shape_colour_is_the_dominant_non_background_colour(tmp_path):
