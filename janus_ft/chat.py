@@ -16,7 +16,7 @@ import torch
 
 from .errors import UserError
 from .inference import load_for_inference, prompt_record, record_inputs, resolve_format, to_model
-from .records import Record, parse_line
+from .records import Record, parse_line, read_lines
 
 
 @dataclass
@@ -169,9 +169,11 @@ def read_rows(path: Path) -> list[tuple[dict, Record]]:
     """(original object, validated record) for every line; the first bad record raises."""
     if not path.is_file():
         raise UserError(f"--jsonl {path}: file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [(json.loads(line), parse_line(line, path, number))
-            for number, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for number, line in read_lines(path):
+        record = parse_line(line, path, number)   # raises a BadRecord before json.loads could
+        rows.append((json.loads(line), record))
+    return rows
 
 
 def answer_rows(model, processor, fmt: str, rows, output: str | None, decoding: Decoding,

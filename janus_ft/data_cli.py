@@ -14,7 +14,7 @@ from collections import Counter
 from .conversation import detect_format, render, render_text
 from .dataset import JanusDataset, load_records
 from .errors import BadRecord, UserError
-from .images import open_rgb
+from .images import check_images
 from .tokens import IGNORE_INDEX
 
 # Marks around supervised text in the human-readable preview.
@@ -65,12 +65,7 @@ def check(args) -> int:
         raise UserError("data check: give JSONL files or --recipe")
     errors: list[BadRecord] = []
     records = load_records(files, errors)
-    for rec in records:
-        for i, path in enumerate(rec.images):
-            try:
-                open_rgb(path, rec.source, rec.line, f"images[{i}]")
-            except BadRecord as err:
-                errors.append(err)
+    errors += check_images(records)
     counts = Counter(r.task for r in records)
     print(f"{len(records)} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in
                                                           ("understanding", "text", "generation")))

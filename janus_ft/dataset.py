@@ -16,7 +16,7 @@ import torch
 from .conversation import render
 from .errors import BadRecord, UserError
 from .images import open_rgb, pixel_values
-from .records import Record, parse_line, read_records
+from .records import Record, parse_line, read_lines, read_records
 from .tokens import SpecialIds, drop_condition, encode
 
 TASK_IDS = {"text": 0, "understanding": 1, "generation": 2}
@@ -32,16 +32,13 @@ def load_records(paths, errors: list | None = None) -> list[Record]:
             out += list(read_records(path))
             continue
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as err:
-            errors.append(BadRecord(path, None, None, f"cannot read: {err.strerror or err}"))
-            continue
-        for number, text in enumerate(lines, start=1):
-            if text.strip():
+            for number, text in read_lines(path):
                 try:
                     out.append(parse_line(text, Path(path), number))
                 except BadRecord as err:
                     errors.append(err)
+        except BadRecord as err:  # the file itself: missing or unreadable
+            errors.append(err)
     return out
 
 
@@ -103,7 +100,8 @@ class JanusDataset(torch.utils.data.Dataset):
         out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(ex.labels),
                "task": TASK_IDS[ex.record.task]}
         if ex.record.task == "understanding":
-            images = [open_rgb(p, ex.record.source, ex.record.line) for p in ex.record.images]
+            images = [open_rgb(p, ex.record.source, ex.record.line, f"images[{i}]")
+                      for i, p in enumerate(ex.record.images)]
             out["pixel_values"] = pixel_values(self.processor.image_processor, images)
         return out
 

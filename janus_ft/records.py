@@ -9,6 +9,7 @@ Every problem is a `BadRecord` naming file, line and field, so `janus-ft data ch
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +18,12 @@ from .errors import BadRecord
 
 IMAGE_TAG = "<image>"
 TASKS = ("text", "understanding", "generation")
+# Janus's image tokens: typed into text they would be tokenized as the real ones, putting image
+# positions where no image (or target) is and desynchronising features from placeholders.
+RESERVED = ("<image_placeholder>", "<begin_of_image>", "<end_of_image>")
+BOM = "\ufeff"
+# A lone surrogate: JSON's "\ud800" escapes decode to one, and tokenizers (and UTF-8) reject it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ROLES = ("system", "user", "assistant")
 
 
@@ -39,21 +46,57 @@ class Record:
 
 def read_records(path: str | Path) -> Iterator[Record]:
     """Yield every record of a JSONL file; raise `BadRecord` at the first bad one."""
+    for number, text in read_lines(path):
+        yield parse_line(text, Path(path), number)
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line; a file that cannot be read is a `BadRecord`.
+
+    Lines are split as Python's text files split them, never with `str.splitlines()`: that also
+    splits at U+2028, U+0085 and friends, which `json.dumps(..., ensure_ascii=False)` leaves raw
+    inside strings. Bytes that are not UTF-8 are kept (as surrogate escapes) so `parse_line` can
+    name the line they are on instead of the whole file failing.
+    """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a name too long for the file system
+        is_file = False
+    if not is_file:
         raise BadRecord(path, None, None, "file not found")
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if text.strip():
-                yield parse_line(text, path, number)
+    try:
+        with path.open(encoding="utf-8", errors="surrogateescape") as f:
+            for number, text in enumerate(f, start=1):
+                # Windows editors start a file with a BOM; `cat`-ed files carry one mid-file too.
+                text = text.removeprefix(BOM)
+                if text.strip():
+                    yield number, text
+    except OSError as err:
+        raise BadRecord(path, None, None, f"cannot read: {err.strerror or err}") from None
 
 
 def parse_line(text: str, path: Path, line: int) -> Record:
+    _require_utf8(text, path, line)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise BadRecord(path, line, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise BadRecord(path, line, None, "malformed JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer over Python's 4300-digit conversion limit
+        raise BadRecord(path, line, None, f"malformed JSON ({brief(str(err))})") from None
     return parse_record(obj, path, line)
+
+
+def _require_utf8(text: str, path: Path, line: int) -> None:
+    """Undecodable bytes arrive from `read_lines` as surrogate escapes (U+DC80..U+DCFF)."""
+    found = _SURROGATE.search(text)
+    if found:
+        char = found.group()
+        byte = f" (byte 0x{ord(char) - 0xDC00:02x})" if "\udc80" <= char <= "\udcff" else ""
+        raise BadRecord(path, line, None,
+                        f"not valid UTF-8{byte} at column {found.start() + 1}; save the file as UTF-8")
 
 
 def parse_record(obj, path: Path, line: int) -> Record:
@@ -83,13 +126,28 @@ def _string(obj: dict, key: str, bad, allow_empty: bool = True) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
         raise bad(key, f"expected a string, got {_kind(value)}")
+    _check_text(value, key, bad)
     if not allow_empty and not value.strip():
         raise bad(key, "is empty")
     return value
 
 
+def _check_text(text: str, fld: str, bad, reserved: bool = True) -> None:
+    if _SURROGATE.search(text):
+        raise bad(fld, "contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), not valid text")
+    for token in RESERVED if reserved else ():
+        if token in text:
+            raise bad(fld, f"contains {token}, a token Janus reserves for image data; mark an image's "
+                      f"position with {IMAGE_TAG}")
+
+
 def _kind(value) -> str:
     return "nothing" if value is None else type(value).__name__
+
+
+def brief(text: str, limit: int = 80) -> str:
+    """`text`, cut to `limit` characters: a 10 MB field must not become a 10 MB error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _turns_from_query(obj: dict, bad) -> tuple[list[tuple[str, str]], str | None]:
@@ -103,6 +161,8 @@ def _turns_from_query(obj: dict, bad) -> tuple[list[tuple[str, str]], str | None
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(x, str) for x in pair)):
             raise bad(f"history[{i}]", "expected a [query, response] pair of strings")
+        for text in pair:
+            _check_text(text, f"history[{i}]", bad)
         if not pair[1].strip():
             raise bad(f"history[{i}]", "response is empty")
         turns.append((pair[0], pair[1]))
@@ -120,9 +180,10 @@ def _turns_from_messages(messages, bad) -> tuple[list[tuple[str, str]], str | No
             raise bad(where, f"expected an object with 'role' and 'content', got {_kind(msg)}")
         role, content = msg.get("role"), msg.get("content")
         if role not in _ROLES:
-            raise bad(f"{where}.role", f"unknown role {role!r} (expected one of {', '.join(_ROLES)})")
+            raise bad(f"{where}.role", f"unknown role {brief(repr(role))} (expected one of {', '.join(_ROLES)})")
         if not isinstance(content, str):
             raise bad(f"{where}.content", f"expected a string, got {_kind(content)}")
+        _check_text(content, f"{where}.content", bad)
         if role == "system":
             if i != 0:
                 raise bad(f"{where}.role", "a system message may only come first")
@@ -151,6 +212,8 @@ def _images(obj: dict, path: Path, bad) -> list[Path]:
         images = [images]
     if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
         raise bad("images", "expected a list of image paths (strings)")
+    for i, x in enumerate(images):
+        _check_text(x, f"images[{i}]", bad, reserved=False)
     # Paths are relative to the JSONL file's directory, so a dataset folder can move as a whole.
     return [Path(x) if Path(x).is_absolute() else path.parent / x for x in images]
 
@@ -183,7 +246,7 @@ def _infer_task(obj: dict, turns, images, bad) -> str:
         inferred = "understanding" if images else "text"
     stated = obj.get("task", inferred)
     if stated not in TASKS:
-        raise bad("task", f"unknown task {stated!r} (expected one of {', '.join(TASKS)})")
+        raise bad("task", f"unknown task {brief(repr(stated))} (expected one of {', '.join(TASKS)})")
     if stated != inferred:
         raise bad("task", f"says {stated!r} but the record's images make it {inferred!r}")
     return inferred

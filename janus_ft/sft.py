@@ -14,7 +14,8 @@ from pathlib import Path
 from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
-from .errors import RecipeError
+from .errors import RecipeError, UserError
+from .images import check_images
 from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from .recipe import Recipe, load_recipe, save_recipe
 
@@ -195,6 +196,11 @@ def run_sft(recipe: Recipe) -> SftResult:
     # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
     train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
     require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
+    bad_images = check_images(train_records + val_records)   # decoded once each, as training will
+    if bad_images:
+        shown = "\n  ".join(str(e) for e in bad_images[:10])
+        raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
+                        f"\n  {shown}")
     main_process = distributed_state().is_main_process
     check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, main_process)
     if main_process:

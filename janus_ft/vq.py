@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from janus_ft.errors import UserError
+from janus_ft.images import UnreadableImage, check_file, decode, to_rgb
 
 _SEARCH_ROWS = 4096  # latent vectors per distance matrix: 4096 x 16384 floats = 256 MiB at most
 
@@ -37,7 +38,7 @@ def preprocess_generation_image(image: Image.Image, size: int) -> torch.FloatTen
     Unlike the understanding path (pad to square with grey), the generation path crops: the VQ codes
     must describe a full `size` x `size` picture with no padding. Returns a (3, size, size) tensor.
     """
-    image = _to_rgb(ImageOps.exif_transpose(image))
+    image = to_rgb(ImageOps.exif_transpose(image))
     w, h = image.size
     scale = size / min(w, h)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -47,20 +48,6 @@ def preprocess_generation_image(image: Image.Image, size: int) -> torch.FloatTen
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
     # x / 127.5 - 1 maps 0 -> -1 and 255 -> 1 exactly (both are representable in float32).
     return (pixels / 127.5 - 1.0).permute(2, 0, 1).contiguous()
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; transparency is composited on white (what a viewer shows)."""
-    if image.mode.startswith("I"):
-        # 16-bit greyscale: PIL's convert() clips at 255 (nearly everything turns white); rescale.
-        grey = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
-    if image.mode == "P" or image.mode in ("LA", "PA", "La", "RGBa"):
-        image = image.convert("RGBA")
-    if image.mode == "RGBA":
-        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, image)
-    return image.convert("RGB")
 
 
 def find_vq_model(model) -> torch.nn.Module:
@@ -232,18 +219,20 @@ class CodeCache:
 
 def _read_image_bytes(path: Path) -> bytes:
     try:
+        check_file(path)
         return path.read_bytes()
+    except UnreadableImage as err:
+        raise UserError(f"{path}: {err}") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read image ({err.strerror or err})") from None
 
 
 def _decode_image(path: Path, data: bytes) -> Image.Image:
+    """The same checks as the understanding path (`images.decode`): bombs, truncation, non-images."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except Exception as err:  # PIL raises many types for bad files
-        raise UserError(f"{path}: not a readable image ({err})") from None
+        return decode(io.BytesIO(data))
+    except UnreadableImage as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 def codes_for_files(model, paths: Sequence[str | Path], cache: CodeCache | None = None,

@@ -65,6 +65,33 @@ def test_cli_bad_recipe_exits_2_before_loading_a_model(tmp_path, capsys):
                  f"output_dir={tmp_path / 'o'}"]) == 2
     assert "ratio 5 but no understanding records" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    data = tmp_path / "d.jsonl"      # bad images: all reported before any weight loads
+    (tmp_path / "fake.png").write_text("not a png")
+    data.write_text('{"query": "<image>hi", "response": "a", "images": ["fake.png"]}\n'
+                    '{"query": "<image>hi", "response": "b", "images": ["gone.png"]}\n')
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), f"data.train=[{{path: {data}}}]",
+                 "data.mix={understanding: 1}", "data.val=[]", f"output_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert "2 bad image reference(s)" in err and "d.jsonl:1: field 'images[0]'" in err and "d.jsonl:2:" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_record_survives_a_dataloader_worker():
+    """torch re-raises a worker's exception as `type(message)`: it must stay a BadRecord (exit 2)."""
+    import torch
+
+    from janus_ft.errors import BadRecord
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise BadRecord("a.jsonl", 3, "images[0]", "not an image")
+
+    with pytest.raises(BadRecord) as info:
+        next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
+    assert str(info.value) == "a.jsonl:3: field 'images[0]': not an image"
 
 
 def test_every_command_has_help(capsys):

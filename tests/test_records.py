@@ -1,5 +1,6 @@
 """Record shapes, task inference and every kind of bad record (file:line, field)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,81 @@ def test_malformed_json_and_missing_file(tmp_path):
         parse_line('{"query": "q", ', tmp_path / "x.jsonl", 3)
     with pytest.raises(BadRecord, match="file not found"):
         list(read_records(tmp_path / "missing.jsonl"))
+
+
+# --- hostile files: each case below was a traceback before (tests/test_fuzz.py searches for more) ---
+
+def _file(tmp_path, data: bytes) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    return path
+
+
+def _both_ways(path):
+    """(records, errors) the way `data check` reads, plus training's first error (or None)."""
+    from janus_ft.dataset import load_records
+
+    errors = []
+    records = load_records([path], errors)
+    try:
+        load_records([path])
+        first = None
+    except BadRecord as err:
+        first = err
+    return records, errors, first
+
+
+GOOD_LINE = b'{"query": "q", "response": "r"}'
+
+
+@pytest.mark.parametrize("data,line,words", [
+    (GOOD_LINE + b'\n{"query": "caf\xe9", "response": "r"}\n' + GOOD_LINE, 2,
+     "not valid UTF-8 (byte 0xe9) at column 15"),
+    (b"\xff\xfe{\x00}\x00\n", 1, "not valid UTF-8 (byte 0xff) at column 1"),
+    (b'{"query": "q", "response": 1' + b"1" * 5000 + b"}", 1, "malformed JSON (Exceeds the limit"),
+    (b"[" * 100_000, 1, "malformed JSON (nested too deeply)"),
+    (b'{"query": "q", "response": "\\ud800"}', 1, "field 'response': contains a lone UTF-16 surrogate"),
+    (b'{"query": "q", "response": "r", "history": [["\\udcff", "a"]]}', 1, "field 'history[0]': contains a lone"),
+    (b'{"query": "q", "response": "see <image_placeholder>"}', 1,
+     "field 'response': contains <image_placeholder>"),
+    (b'{"query": "a <begin_of_image> fox", "response": "<image>", "images": ["f.png"]}', 1,
+     "field 'query': contains <begin_of_image>"),
+    (b'{"messages": [{"role": "user", "content": "<end_of_image>"}, {"role": "assistant", "content": "a"}]}', 1,
+     "field 'messages[0].content': contains <end_of_image>"),
+    (b'{"query": "q", "response": "r", "system": "<image_placeholder>"}', 1, "field 'system': contains"),
+])
+def test_hostile_lines_are_bad_records(tmp_path, data, line, words):
+    path = _file(tmp_path, data)
+    records, errors, first = _both_ways(path)
+    assert [str(e) for e in errors if e.line == line] and str(first) == str(errors[0])
+    assert str(errors[0]).startswith(f"{path}:{line}: ") and words in str(errors[0]), str(errors[0])
+    assert len(records) == data.count(GOOD_LINE)  # the other lines still count
+
+
+def test_huge_values_are_not_echoed_whole(tmp_path):
+    for obj in ({"query": "q", "response": "r", "task": "x" * 10**6},
+                {"messages": [{"role": ["y"] * 10**5, "content": "c"}]}):
+        with pytest.raises(BadRecord) as err:
+            parse(obj)
+        assert len(str(err.value)) < 300 and "characters)" in str(err.value)
+
+
+def test_bom_unescaped_separators_and_crlf_are_fine(tmp_path):
+    """A BOM (Windows editors, and mid-file when files were concatenated), U+2028 / U+0085 left raw
+    by `ensure_ascii=False` (str.splitlines() would cut the record in two) and CRLF line ends."""
+    rec = json.dumps({"query": "a\u2028b\x85c", "response": "r"}, ensure_ascii=False)
+    path = _file(tmp_path, ("\ufeff" + rec + "\r\n\r\n\ufeff" + rec + "\r\n").encode())
+    records, errors, first = _both_ways(path)
+    assert not errors and first is None
+    assert [(r.line, r.turns[0][0]) for r in records] == [(1, "a\u2028b\x85c"), (3, "a\u2028b\x85c")]
+    assert [r.line for r in read_records(path)] == [1, 3]
+
+
+def test_unreadable_files_are_bad_records(tmp_path):
+    (tmp_path / "dir.jsonl").mkdir()
+    for path in (tmp_path / "dir.jsonl", tmp_path / ("x" * 5000 + ".jsonl")):
+        with pytest.raises(BadRecord, match="file not found"):
+            list(read_records(path))
+        records, errors, first = _both_ways(path)
+        assert not records and "file not found" in str(errors[0]) and str(first) == str(errors[0])
+
