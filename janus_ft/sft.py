@@ -201,8 +201,10 @@ def run_sft(recipe: Recipe) -> SftResult:
         shown = "\n  ".join(str(e) for e in bad_images[:10])
         raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
                         f"\n  {shown}")
-    main_process = distributed_state().is_main_process
+    state = distributed_state()
+    main_process = state.is_main_process
     check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, main_process)
+    state.wait_for_everyone()   # every rank has looked at output_dir before the main process writes there
     if main_process:
         clear_staging(out)
         save_recipe(recipe, out / "recipe.yaml")   # marks the directory as this run's from the start
@@ -244,8 +246,8 @@ def run_sft(recipe: Recipe) -> SftResult:
         return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
     if eval_set is not None:
         trainer.evaluate()
+    save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
     if trainer.is_world_process_zero():
-        save_outputs(trainer, processor, out)
         print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
     return SftResult(out, trainer.model, trainer.state.log_history)
 
@@ -257,6 +259,9 @@ def save_outputs(trainer, processor, out: Path) -> None:
     from .plot import plot_losses
 
     staged = out / STAGING / "final"
+    if not trainer.is_world_process_zero():
+        trainer.save_model(str(staged))   # takes part in gathering the weights, writes nothing
+        return
     try:
         trainer.save_model(str(staged))
         processor.save_pretrained(staged)

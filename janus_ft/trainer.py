@@ -38,7 +38,7 @@ class JanusTrainer(SFTTrainer):
         bad = [TASK_NAMES[t] for t, (loss_sum, _) in parts.per_task.items() if not math.isfinite(loss_sum)]
         if bad and model.training:
             return self._non_finite(model, bad, return_outputs)
-        for task, (loss_sum, n) in parts.per_task.items():
+        for task, (loss_sum, n) in self._all_ranks(parts.per_task).items():
             self._metrics[mode][f"loss_{TASK_NAMES[task]}"].append(loss_sum / n)
         if num_items_in_batch is not None:
             loss = parts.total / num_items_in_batch
@@ -47,6 +47,19 @@ class JanusTrainer(SFTTrainer):
         else:
             loss = parts.total / max(parts.n_tokens, 1)
         return (loss, None) if return_outputs else loss
+
+    def _all_ranks(self, per_task: dict) -> dict:
+        """Per-task (loss sum, tokens) summed over all processes, so `loss_<task>` describes the whole
+        step and not rank 0's shard of it (one all-reduce of six numbers per micro-batch)."""
+        if self.accelerator.num_processes == 1:
+            return per_task
+        import torch
+
+        table = torch.zeros(len(TASK_NAMES), 2, dtype=torch.float64, device=self.accelerator.device)
+        for task, (loss_sum, n) in per_task.items():
+            table[task] = torch.tensor([loss_sum, n], dtype=torch.float64)
+        table = self.accelerator.reduce(table, reduction="sum").cpu()
+        return {task: (float(table[task, 0]), int(table[task, 1])) for task in TASK_NAMES if table[task, 1] > 0}
 
     def _non_finite(self, model, tasks: list[str], return_outputs: bool):
         """A NaN / inf loss never reaches the weights: stop (default), or with train.nan_policy=skip
