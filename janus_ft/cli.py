@@ -19,6 +19,7 @@ COMMANDS = {
     "chat": ("janus_ft.chat", "understanding / text inference"),
     "generate": ("janus_ft.generate", "text-to-image with classifier-free guidance"),
     "eval": ("janus_ft.evaluate", "per-task validation loss and task metrics"),
+    "bench": ("janus_ft.bench", "training throughput, memory and MFU of a recipe, with comparisons"),
 }
 
 

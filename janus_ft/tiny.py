@@ -141,16 +141,41 @@ def tiny_config(tokenizer):
                        tie_word_embeddings=False)
 
 
-def build_processor(tokenizer):
+# Real language-model sizes of Janus-Pro (reference/janus.md; DeepSeek-LLM 1.3B / 7B, vocab 102400).
+# transformers' default JanusVisionConfig and JanusVQVAEConfig are the real SigLIP-L/16 @ 384 tower
+# (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384).
+SIZE_PRESETS = {
+    "janus-pro-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16},
+    "janus-pro-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30, "num_attention_heads": 32},
+}
+
+
+def sized_config(tokenizer, preset: str):
+    """A `JanusConfig` of a real model's architecture, for benchmarks with random weights. The tiny
+    tokenizer is kept: its ids are a subset of the real 102400-row embedding and LM head."""
+    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+
+    sizes = SIZE_PRESETS[preset]
+    hidden = sizes["hidden_size"]
+    text = LlamaConfig(
+        vocab_size=102400, num_key_value_heads=sizes["num_attention_heads"], max_position_embeddings=16384,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **sizes)
+    return JanusConfig(text_config=text, vision_config=JanusVisionConfig(projection_dim=hidden),
+                       vq_config=JanusVQVAEConfig(projection_dim=hidden, image_token_embed_dim=hidden),
+                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), tie_word_embeddings=False)
+
+
+def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE):
     from transformers import JanusProcessor
     from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
 
     image_processor = JanusImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5],
+        size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5], min_size=14)
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer,
                           chat_template=tokenizer.chat_template, use_default_system_prompt=True,
-                          num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2)
+                          num_image_tokens=(image_size // patch_size) ** 2)
 
 
 def generation_config(tokenizer):

@@ -1,0 +1,105 @@
+"""`janus-ft bench` on the tiny demo recipe: every number is reported, positive and finite, the named
+stages make up the step, the bare PyTorch loop trains on exactly the same batches (same samples,
+tokens, FLOPs and losses), and model FLOPs follow the stated formula."""
+
+import doctest
+import json
+import math
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from janus_ft import throughput
+from janus_ft.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+RATES = ("samples_per_s", "supervised_tokens_per_s", "real_tokens_per_s", "step_time_s",
+         "peak_memory_bytes", "model_flops_per_step", "model_flops_per_s", "mfu")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, tiny_dir):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "train.disable_tqdm=true",
+                 "--steps", "2", "--warmup", "1", "--compare", "bare", "--in-process", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_every_number_is_reported(report):
+    assert [v["name"] for v in report["variants"]] == ["janus-ft", "bare"]
+    assert report["peak_matmul_flops"] > 0 and report["machine"]["device"] == "cpu"
+    for v in report["variants"]:
+        assert v["measured_steps"] == 2 and len(v["losses"]) == 2
+        for field in RATES:
+            assert math.isfinite(v[field]) and v[field] > 0, (v["name"], field, v[field])
+        assert v["mfu"] < 1
+        assert 0 < v["real_token_fraction"] <= 1
+        assert v["memory_kind"] == "rss_peak"
+        # the demo's 5:1:4 mix at batch 5 x 2 accumulation: 10 samples a step, padded rows
+        assert v["totals"]["samples"] == 20 and v["real_token_fraction"] < 1
+
+
+def test_breakdown_makes_up_the_step(report):
+    for v in report["variants"]:
+        parts = v["breakdown_s"]
+        assert set(parts) == {"data", "vq_encode", "forward", "backward", "optimizer", "other"}
+        assert sum(parts.values()) == pytest.approx(v["step_time_s"], rel=1e-6)
+        for stage in ("data", "forward", "backward", "optimizer"):
+            assert parts[stage] > 0, (v["name"], stage)
+        assert parts["vq_encode"] == 0   # the code cache is warm
+        assert parts["other"] < 0.5 * v["step_time_s"]   # the named stages explain most of it
+
+
+def test_bare_loop_trains_on_the_same_batches(report):
+    framework, bare = report["variants"]
+    assert bare["totals"] == framework["totals"]
+    # same LoRA initialisation, loss, AdamW and schedule: the second step's loss agrees too
+    assert bare["losses"] == pytest.approx(framework["losses"], rel=1e-4)
+
+
+def test_model_flops_follow_the_formula(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    def linear_macs(module):
+        return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+    llm = linear_macs(tiny_model.model.language_model)
+    vision = linear_macs(tiny_model.model.vision_model) + tiny_model.model.vision_model.embeddings.patch_embedding.weight.numel()
+    tiny_model.requires_grad_(True)   # full fine-tuning: the familiar 6 x params per token
+    full = throughput.FlopModel.of(tiny_model)
+    assert full.per_token["llm"] == 6 * llm and full.per_token["vision"] == 6 * vision
+
+    tiny_model.requires_grad_(False)
+    lora = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    per_token = throughput.FlopModel.of(lora).per_token
+    adapters = sum(m.in_features * m.out_features for n, m in lora.named_modules()
+                   if "lora_" in n and isinstance(m, nn.Linear))
+    # frozen weights: forward + activation gradient; adapters also get a weight gradient
+    assert per_token["llm"] + per_token["vision"] == 4 * (llm + vision) + 6 * adapters
+    assert per_token["lm_head"] == 4 * tiny_model.lm_head.in_features * tiny_model.lm_head.out_features
+
+
+def test_doctests():
+    assert doctest.testmod(throughput).failed == 0
+
+
+def test_random_model_presets_have_the_real_architecture():
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    from janus_ft.tiny import build_tokenizer, sized_config
+
+    tokenizer = build_tokenizer()
+    sizes = {}
+    for preset in ("janus-pro-1b", "janus-pro-7b"):
+        config = sized_config(tokenizer, preset)
+        with torch.device("meta"):   # sizes only: no memory, no initialisation
+            model = JanusForConditionalGeneration(config)
+        sizes[preset] = sum(p.numel() for p in model.parameters())
+        assert config.vision_config.num_hidden_layers == 24 and config.vision_config.hidden_size == 1024
+        assert (config.vision_config.image_size // config.vision_config.patch_size) ** 2 == 576
+        assert config.vq_config.num_embeddings == 16384 and config.text_config.vocab_size == 102400
+        assert config.image_token_id == tokenizer.convert_tokens_to_ids("<image_placeholder>")
+    assert 2.0e9 < sizes["janus-pro-1b"] < 2.1e9 and 7.3e9 < sizes["janus-pro-7b"] < 7.5e9
