@@ -48,6 +48,16 @@ class JanusTrainer(SFTTrainer):
             loss = parts.total / max(parts.n_tokens, 1)
         return (loss, None) if return_outputs else loss
 
+    def floating_point_ops(self, inputs) -> int:
+        """transformers' estimate for `total_flos` (6 x tokens x non-embedding parameters), with the
+        parameter count taken once: transformers walks every parameter tensor on every micro-batch
+        only to log this number (10 ms a step at Janus-Pro-1B size, docs/benchmarks.md)."""
+        if getattr(self, "_flops_params", None) is None:
+            model = self.model
+            self._flops_params = model.num_parameters(exclude_embeddings=True) if hasattr(model, "num_parameters") else 0
+        ids = inputs.get("input_ids")
+        return 6 * ids.numel() * self._flops_params if ids is not None else 0
+
     def _all_ranks(self, per_task: dict) -> dict:
         """Per-task (loss sum, tokens) summed over all processes, so `loss_<task>` describes the whole
         step and not rank 0's shard of it (one all-reduce of six numbers per micro-batch)."""
