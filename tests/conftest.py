@@ -36,6 +36,13 @@ def tiny_processor(tiny_dir):
     return JanusProcessor.from_pretrained(tiny_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tiny_dir, tiny_processor):
+    """(model, processor) shared by read-only inference tests: never train or modify it."""
+    from transformers import JanusForConditionalGeneration
+    return JanusForConditionalGeneration.from_pretrained(tiny_dir).eval(), tiny_processor
+
+
 @pytest.fixture()
 def tiny_model(tiny_dir):
     from transformers import JanusForConditionalGeneration

@@ -21,23 +21,12 @@ QUESTION = "What colour is the shape?"
 NEW_TOKENS = 6
 
 
-@pytest.fixture(scope="session")
-def tiny(tiny_dir) -> Path:
-    return tiny_dir
-
 
 @pytest.fixture(scope="session")
-def base(tiny):
-    from transformers import JanusForConditionalGeneration, JanusProcessor
-
-    return JanusForConditionalGeneration.from_pretrained(tiny).eval(), JanusProcessor.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="session")
-def adapter(tiny, base, tmp_path_factory) -> Path:
+def adapter(tiny_dir, tiny_base, tmp_path_factory) -> Path:
     """A LoRA adapter with random non-zero weights."""
-    out = random_adapter(tiny, ["llm", "aligner"], tmp_path_factory.mktemp("adapter"), seed=1)
-    base[1].save_pretrained(out)  # as `janus-ft sft` does
+    out = random_adapter(tiny_dir, ["llm", "aligner"], tmp_path_factory.mktemp("adapter"), seed=1)
+    tiny_base[1].save_pretrained(out)  # as `janus-ft sft` does
     return out
 
 
@@ -60,8 +49,8 @@ def _image_content() -> list[dict]:
     return [{"type": "image"}, {"type": "text", "text": QUESTION}]
 
 
-def test_build_prompt_matches_processor(base):
-    model, processor = base
+def test_build_prompt_matches_processor(tiny_base):
+    model, processor = tiny_base
     messages = [{"role": "user", "content": _image_content()}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     expected = processor(text=text, images=[Image.open(IMAGE).convert("RGB")], return_tensors="pt")["input_ids"]
@@ -71,8 +60,8 @@ def test_build_prompt_matches_processor(base):
     assert (got == processor.tokenizer.convert_tokens_to_ids("<image_placeholder>")).sum() == 16
 
 
-def test_build_prompt_system_and_image_count(base):
-    _, processor = base
+def test_build_prompt_system_and_image_count(tiny_base):
+    _, processor = tiny_base
     no_system = build_prompt(processor, "hello", system="")["input_ids"][0].tolist()
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
                                          add_generation_prompt=True)
@@ -81,35 +70,35 @@ def test_build_prompt_system_and_image_count(base):
         build_prompt(processor, "<image>hello", n_images=2)
 
 
-def test_chat_streams_plain_generate_answer(base, tiny, capsys):
-    model, processor = base
+def test_chat_streams_plain_generate_answer(tiny_base, tiny_dir, capsys):
+    model, processor = tiny_base
     expected = _reference_answer(model, processor, _image_content(), images=[IMAGE])
     assert expected.strip()
-    rc = main(["chat", "--model", str(tiny), "--image", str(IMAGE), "--prompt", f"<image>{QUESTION}",
+    rc = main(["chat", "--model", str(tiny_dir), "--image", str(IMAGE), "--prompt", f"<image>{QUESTION}",
                "--max-new-tokens", str(NEW_TOKENS)])
     assert rc == 0
     assert capsys.readouterr().out == expected.lstrip() + "\n"  # the answer's opening space is not shown
 
 
-def test_chat_adapter_equals_merged_model(base, tiny, adapter, capsys):
+def test_chat_adapter_equals_merged_model(tiny_base, tiny_dir, adapter, capsys):
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
 
-    model, processor = base
-    merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny), adapter)
+    model, processor = tiny_base
+    merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny_dir), adapter)
     merged = merged.merge_and_unload().eval()
     expected = _reference_answer(merged, processor, _image_content(), images=[IMAGE])
     assert expected != _reference_answer(model, processor, _image_content(), images=[IMAGE])
     # No --model: the base comes from adapter_config.json.
-    assert adapter_base(adapter) == str(tiny)
+    assert adapter_base(adapter) == str(tiny_dir)
     rc = main(["chat", "--adapter", str(adapter), "--image", str(IMAGE), "--prompt", QUESTION,
                "--max-new-tokens", str(NEW_TOKENS), "--no-stream"])
     assert rc == 0
     assert capsys.readouterr().out == expected.strip() + "\n"
 
 
-def test_chat_jsonl_answers_last_query_with_history(base, tiny, tmp_path):
-    model, processor = base
+def test_chat_jsonl_answers_last_query_with_history(tiny_base, tiny_dir, tmp_path):
+    model, processor = tiny_base
     history = [["What is 7 + 7?", "14"]]
     src = tmp_path / "in.jsonl"
     rows = [{"query": "What is 1 + 5?", "response": "6", "history": history},
@@ -117,7 +106,7 @@ def test_chat_jsonl_answers_last_query_with_history(base, tiny, tmp_path):
             {"query": "a red circle", "response": "<image>", "images": [str(IMAGE)]}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
-    rc = main(["chat", "--model", str(tiny), "--jsonl", str(src), "--output", str(out),
+    rc = main(["chat", "--model", str(tiny_dir), "--jsonl", str(src), "--output", str(out),
                "--max-new-tokens", str(NEW_TOKENS)])
     assert rc == 0
     got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -129,8 +118,8 @@ def test_chat_jsonl_answers_last_query_with_history(base, tiny, tmp_path):
     assert "prediction" not in got[2]  # generation records are for `janus-ft generate`
 
 
-def test_sampling_is_seeded(tiny, capsys):
-    args = ["chat", "--model", str(tiny), "--prompt", "hello", "--max-new-tokens", "8", "--no-stream",
+def test_sampling_is_seeded(tiny_dir, capsys):
+    args = ["chat", "--model", str(tiny_dir), "--prompt", "hello", "--max-new-tokens", "8", "--no-stream",
             "--temperature", "1.5", "--seed"]
     outs = []
     for seed in ("3", "3"):
@@ -139,18 +128,18 @@ def test_sampling_is_seeded(tiny, capsys):
     assert outs[0] == outs[1]
 
 
-def test_chat_user_errors_exit_2(tiny, tmp_path, capsys):
-    assert main(["chat", "--model", str(tiny)]) == 2
+def test_chat_user_errors_exit_2(tiny_dir, tmp_path, capsys):
+    assert main(["chat", "--model", str(tiny_dir)]) == 2
     assert "exactly one of --prompt" in capsys.readouterr().err
     assert main(["chat", "--adapter", str(tmp_path), "--prompt", "hi"]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
-    assert main(["chat", "--model", str(tiny), "--prompt", "<image>hi"]) == 2
+    assert main(["chat", "--model", str(tiny_dir), "--prompt", "<image>hi"]) == 2
     assert "0 image(s) given but 1 <image> tag" in capsys.readouterr().err
-    assert main(["chat", "--model", str(tiny), "--image", str(tmp_path / "no.png"), "--prompt", "hi"]) == 2
+    assert main(["chat", "--model", str(tiny_dir), "--image", str(tmp_path / "no.png"), "--prompt", "hi"]) == 2
     assert "no.png: file not found" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "hi", "response": "yo"}\n{"query": "x"}\n')
-    assert main(["chat", "--model", str(tiny), "--jsonl", str(bad)]) == 2
+    assert main(["chat", "--model", str(tiny_dir), "--jsonl", str(bad)]) == 2
     assert "bad.jsonl:2: field 'response'" in capsys.readouterr().err
 
 

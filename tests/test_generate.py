@@ -4,10 +4,8 @@ PNGs are exactly the decoded codes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -19,17 +17,6 @@ from janus_ft.vq import decode_codes_to_pil
 CAPTION = "a red circle on a blue background"
 N_TOKENS = 16
 
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir) -> Path:
-    return tiny_dir
-
-
-@pytest.fixture(scope="session")
-def base(tiny):
-    from transformers import JanusForConditionalGeneration, JanusProcessor
-
-    return JanusForConditionalGeneration.from_pretrained(tiny).eval(), JanusProcessor.from_pretrained(tiny)
 
 
 def _reference_codes(model, processor, seed: int, n: int, cfg: float, temperature: float = 1.0):
@@ -43,12 +30,12 @@ def _reference_codes(model, processor, seed: int, n: int, cfg: float, temperatur
                               temperature=temperature, num_return_sequences=n)
 
 
-def test_prompt_is_the_training_generation_prompt(base):
+def test_prompt_is_the_training_generation_prompt(tiny_base):
     from janus_ft.conversation import render
     from janus_ft.records import Record
     from janus_ft.tokens import SpecialIds, encode
 
-    _, processor = base
+    _, processor = tiny_base
     ids = prompt_inputs(processor, CAPTION, "janus-pro")["input_ids"][0].tolist()
     special = SpecialIds.from_tokenizer(processor.tokenizer)
     record = Record(task="generation", turns=[(CAPTION, "<image>")], system="")
@@ -57,8 +44,8 @@ def test_prompt_is_the_training_generation_prompt(base):
     assert ids[0] == special.bos and ids[-1] == special.boi
 
 
-def test_generation_config_ids_come_from_the_tokenizer(base):
-    model, processor = base
+def test_generation_config_ids_come_from_the_tokenizer(tiny_base):
+    model, processor = tiny_base
     tok = processor.tokenizer
     config = image_generation_config(model, tok, cfg=3.0, temperature=0.7, n=2)
     assert config.pad_token_id == tok.pad_token_id
@@ -67,10 +54,10 @@ def test_generation_config_ids_come_from_the_tokenizer(base):
     assert model.generation_config.guidance_scale == 5.0  # the model's own config is untouched
 
 
-def test_generate_matches_transformers_and_writes_decoded_pngs(base, tiny, tmp_path):
-    model, processor = base
+def test_generate_matches_transformers_and_writes_decoded_pngs(tiny_base, tiny_dir, tmp_path):
+    model, processor = tiny_base
     out = tmp_path / "gen"
-    rc = main(["generate", "--model", str(tiny), "--prompt", CAPTION, "--output", str(out),
+    rc = main(["generate", "--model", str(tiny_dir), "--prompt", CAPTION, "--output", str(out),
                "--n", "3", "--cfg", "4", "--seed", "7"])
     assert rc == 0
     meta = json.loads((out / "codes.json").read_text())
@@ -86,13 +73,13 @@ def test_generate_matches_transformers_and_writes_decoded_pngs(base, tiny, tmp_p
     assert np.array_equal(np.asarray(grid.convert("RGB"))[:64, :64], np.asarray(decoded[0]))
 
 
-def test_generate_with_adapter_equals_merged_model(base, tiny, tmp_path):
+def test_generate_with_adapter_equals_merged_model(tiny_base, tiny_dir, tmp_path):
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
 
-    model, processor = base
-    adapter = random_adapter(tiny, ["llm", "gen_head", "gen_aligner"], tmp_path / "adapter", seed=2)
-    merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny), adapter)
+    model, processor = tiny_base
+    adapter = random_adapter(tiny_dir, ["llm", "gen_head", "gen_aligner"], tmp_path / "adapter", seed=2)
+    merged = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny_dir), adapter)
     merged = merged.merge_and_unload().eval()
 
     out = tmp_path / "gen"
@@ -103,11 +90,11 @@ def test_generate_with_adapter_equals_merged_model(base, tiny, tmp_path):
     assert not torch.equal(codes, _reference_codes(model, processor, seed=1, n=2, cfg=5.0))
 
 
-def test_generate_user_errors_exit_2(tiny, tmp_path, capsys):
-    assert main(["generate", "--model", str(tiny), "--prompt", "x", "--output", str(tmp_path),
+def test_generate_user_errors_exit_2(tiny_dir, tmp_path, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "x", "--output", str(tmp_path),
                  "--temperature", "0", "--n", "2"]) == 2
     assert "greedy" in capsys.readouterr().err
-    assert main(["generate", "--model", str(tiny), "--prompt", "  ", "--output", str(tmp_path)]) == 2
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "  ", "--output", str(tmp_path)]) == 2
     assert "caption" in capsys.readouterr().err
     missing = str(tmp_path / "missing")
     assert main(["generate", "--model", missing, "--prompt", "x", "--output", str(tmp_path)]) == 2
