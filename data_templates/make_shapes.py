@@ -12,12 +12,12 @@ writes OUT_DIR/train.jsonl, OUT_DIR/val.jsonl and OUT_DIR/images/shape_0001.png,
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from generator_io import check_split, finish, parser, write_split
 
 QUERY = "<image>What colour is the shape?"
 BACKGROUND = (211, 211, 211)  # light gray: far from every label colour, so "dominant" is unambiguous
@@ -47,10 +47,6 @@ def draw_shape(size: int, shape: str, rgb: tuple[int, int, int], rng: random.Ran
     return img
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-
-
 def make_shapes(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: int | None = None,
                 train_name: str = "train.jsonl", val_name: str = "val.jsonl") -> tuple[Path, Path]:
     """Write `n` records (the last `n_val` to the val file; default n // 5) and their images.
@@ -59,8 +55,7 @@ def make_shapes(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: int
     Returns (train_path, val_path); image paths in the JSONL are relative to `out_dir`.
     """
     n_val = n // 5 if n_val is None else n_val
-    if n < 1 or not 0 <= n_val <= n:
-        raise ValueError(f"need n >= 1 and 0 <= n_val <= n, got n={n}, n_val={n_val}")
+    check_split(n, n_val)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -71,25 +66,13 @@ def make_shapes(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: int
         rel = f"images/shape_{i:04d}.png"
         draw_shape(size, rng.choice(SHAPES), COLOURS[colour], rng).save(out_dir / rel)
         records.append({"query": QUERY, "response": colour, "images": [rel]})
-    train_path, val_path = out_dir / train_name, out_dir / val_name
-    write_jsonl(train_path, records[: n - n_val])
-    write_jsonl(val_path, records[n - n_val:])
-    return train_path, val_path
+    return write_split(out_dir, records, n_val, train_name, val_name)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out_dir", help="output directory (train.jsonl, val.jsonl, images/)")
-    p.add_argument("--n", type=int, default=200, help="total records, train + val")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same bytes")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--split-val", type=int, default=None, help="records held out to val.jsonl (default n // 5)")
+    p = parser(__doc__, n=200, size=64, val_default="n // 5", out_help="output directory (train.jsonl, val.jsonl, images/)")
     args = p.parse_args(argv)
-    try:
-        paths = make_shapes(args.out_dir, args.n, args.seed, args.size, args.split_val)
-    except ValueError as e:
-        p.error(str(e))
-    print("wrote", *paths)
+    finish(p, lambda: make_shapes(args.out, args.n, args.seed, args.size, args.split_val))
 
 
 if __name__ == "__main__":

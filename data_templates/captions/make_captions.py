@@ -14,13 +14,15 @@ Records are generation records: the caption is the query and the response is exa
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_templates/: generator_io
+from generator_io import finish, parser, write_jsonl  # noqa: E402
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220), "yellow": (240, 210, 30),
@@ -95,10 +97,6 @@ def draw_scene(scene: dict, size: int) -> Image.Image:
     else:
         draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fg)
     return img
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def make_captions(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: int | None = None,
@@ -196,12 +194,8 @@ def folder_to_jsonl(folder, out_jsonl) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="output directory; with --from-folder, the output .jsonl file")
-    p.add_argument("--n", type=int, default=200, help="total images, train + val")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same bytes")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--split-val", type=int, default=None, help="images held out to val (default n // 10)")
+    p = parser(__doc__, n=200, size=64, val_default="n // 10; with --subjects, 4 shots per subject",
+               out_help="output directory; with --from-folder, the output .jsonl file")
     p.add_argument("--layout", choices=("jsonl", "folder"), default="jsonl",
                    help="jsonl: train/val.jsonl + images/; folder: train/ and val/ of img.png + img.txt")
     p.add_argument("--plain", action="store_true", help="short captions: solid backgrounds, no size words or frames")
@@ -211,17 +205,16 @@ def main(argv=None) -> None:
     p.add_argument("--noise", type=int, default=3, help="with --subjects: per-pixel noise amplitude")
     p.add_argument("--from-folder", metavar="FOLDER", help="convert FOLDER of img + img.txt pairs to OUT (.jsonl)")
     args = p.parse_args(argv)
-    try:
+
+    def make():
         if args.from_folder:
-            paths = [folder_to_jsonl(args.from_folder, args.out)]
-        elif args.subjects:
-            paths = make_subject_shots(args.out, args.subjects, args.shots, 4 if args.split_val is None else args.split_val,
-                                       args.noise, args.seed, args.size)
-        else:
-            paths = make_captions(args.out, args.n, args.seed, args.size, args.split_val, args.layout, args.plain)
-    except ValueError as e:
-        p.error(str(e))
-    print("wrote", *paths)
+            return [folder_to_jsonl(args.from_folder, args.out)]
+        if args.subjects:
+            n_val = 4 if args.split_val is None else args.split_val
+            return make_subject_shots(args.out, args.subjects, args.shots, n_val, args.noise, args.seed, args.size)
+        return make_captions(args.out, args.n, args.seed, args.size, args.split_val, args.layout, args.plain)
+
+    finish(p, make)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@ writes OUT_DIR/train.jsonl, OUT_DIR/val.jsonl and OUT_DIR/images/f_0001.png, ...
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
+import sys
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_templates/: generator_io
+from generator_io import check_split, finish, parser, write_split  # noqa: E402
 
 QUERY = "<image>Convert the formula into LaTeX."
 
@@ -94,10 +96,6 @@ class Renderer:
         return out.convert("RGB")
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-
-
 def make_latex_ocr(out_dir, n: int = 500, seed: int = 0, size: int = 384, n_val: int | None = None,
                    train_name: str = "train.jsonl", val_name: str = "val.jsonl") -> tuple[Path, Path]:
     """Write `n` formula records (the last `n_val` to the val file; default n // 10) and their images.
@@ -105,8 +103,7 @@ def make_latex_ocr(out_dir, n: int = 500, seed: int = 0, size: int = 384, n_val:
     Returns (train_path, val_path); image paths in the JSONL are relative to `out_dir`.
     """
     n_val = n // 10 if n_val is None else n_val
-    if n < 1 or not 0 <= n_val <= n:
-        raise ValueError(f"need n >= 1 and 0 <= n_val <= n, got n={n}, n_val={n_val}")
+    check_split(n, n_val)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng, renderer, records = random.Random(seed), Renderer(), []
@@ -115,25 +112,14 @@ def make_latex_ocr(out_dir, n: int = 500, seed: int = 0, size: int = 384, n_val:
         rel = f"images/f_{i:04d}.png"
         renderer.render(latex, size).save(out_dir / rel)
         records.append({"query": QUERY, "response": latex, "images": [rel]})
-    train_path, val_path = out_dir / train_name, out_dir / val_name
-    write_jsonl(train_path, records[: n - n_val])
-    write_jsonl(val_path, records[n - n_val:])
-    return train_path, val_path
+    return write_split(out_dir, records, n_val, train_name, val_name)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out_dir", help="output directory (train.jsonl, val.jsonl, images/)")
-    p.add_argument("--n", type=int, default=500, help="total records, train + val")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> same bytes")
-    p.add_argument("--size", type=int, default=384, help="image side in pixels (Janus sees 384)")
-    p.add_argument("--split-val", type=int, default=None, help="records held out to val.jsonl (default n // 10)")
+    p = parser(__doc__, n=500, size=384, val_default="n // 10",
+               out_help="output directory (train.jsonl, val.jsonl, images/); Janus sees 384 px")
     args = p.parse_args(argv)
-    try:
-        paths = make_latex_ocr(args.out_dir, args.n, args.seed, args.size, args.split_val)
-    except ValueError as e:
-        p.error(str(e))
-    print("wrote", *paths)
+    finish(p, lambda: make_latex_ocr(args.out, args.n, args.seed, args.size, args.split_val))
 
 
 if __name__ == "__main__":
