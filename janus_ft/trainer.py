@@ -28,6 +28,7 @@ class JanusTrainer(SFTTrainer):
         self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
         self.skipped_batches = 0
         self._staging: Path | None = None
+        self._flops_params: int | None = None   # parameter count for `total_flos`, taken once
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
@@ -35,10 +36,13 @@ class JanusTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = compute_loss_parts(model, inputs)
         mode = "train" if model.training else "eval"
-        bad = [TASK_NAMES[t] for t, (loss_sum, _) in parts.per_task.items() if not math.isfinite(loss_sum)]
+        # Judged on the sums over all ranks: a NaN on one rank is then seen by every rank, which all
+        # stop or all skip together (one rank skipping alone would leave the others in a collective).
+        per_task = self._all_ranks(parts.per_task)
+        bad = [TASK_NAMES[t] for t, (loss_sum, _) in per_task.items() if not math.isfinite(loss_sum)]
         if bad and model.training:
             return self._non_finite(model, bad, return_outputs)
-        for task, (loss_sum, n) in self._all_ranks(parts.per_task).items():
+        for task, (loss_sum, n) in per_task.items():
             self._metrics[mode][f"loss_{TASK_NAMES[task]}"].append(loss_sum / n)
         if num_items_in_batch is not None:
             loss = parts.total / num_items_in_batch
@@ -52,7 +56,7 @@ class JanusTrainer(SFTTrainer):
         """transformers' estimate for `total_flos` (6 x tokens x non-embedding parameters), with the
         parameter count taken once: transformers walks every parameter tensor on every micro-batch
         only to log this number (10 ms a step at Janus-Pro-1B size, docs/benchmarks.md)."""
-        if getattr(self, "_flops_params", None) is None:
+        if self._flops_params is None:
             model = self.model
             self._flops_params = model.num_parameters(exclude_embeddings=True) if hasattr(model, "num_parameters") else 0
         ids = inputs.get("input_ids")
