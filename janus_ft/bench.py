@@ -141,10 +141,9 @@ class Setup:
         from .conversation import detect_format
         from .dataset import require_tasks
         from .model import load_model_and_processor
-        from .sft import build_datasets, read_sources
+        from .sft import build_datasets, read_data
 
-        records = read_sources(recipe.data.train)
-        require_tasks({t: [r for r in records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
+        records, _ = read_data(recipe)
         self.model, self.processor = load_model_and_processor(recipe.model)
         if torch.cuda.is_available() and not getattr(self.model, "hf_device_map", None):
             self.model.to("cuda")   # VQ-encode the generation targets on the GPU, not the CPU
@@ -161,9 +160,8 @@ class Setup:
 
 def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak: float) -> dict:
     from .collate import JanusCollator
-    from .mixture import MixtureDataset
     from .model import apply_lora
-    from .sft import sft_config, world_size
+    from .sft import sft_config, training_schedule
     from .throughput import FlopModel, PeakMemory, StepTimer, summarize
 
     recipe = copy.deepcopy(recipe)
@@ -174,10 +172,8 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
         model = setup.take_model(recipe)
         torch.manual_seed(recipe.train.seed)   # the same LoRA initialisation in every variant
         model = apply_lora(model, recipe.lora)
-        t, n_steps = recipe.train, warmup + steps
-        global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
-        mixture = MixtureDataset(setup.train_sets, recipe.data.mix, global_batch, n_steps, t.seed,
-                                 recipe.data.cfg_dropout)
+        n_steps = recipe.train.max_steps = warmup + steps
+        mixture, _, _ = training_schedule(recipe, setup.train_sets)
         collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing)
         args = sft_config(recipe, n_steps, has_eval=False)
         timer = StepTimer(FlopModel.of(model), args.device)

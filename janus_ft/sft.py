@@ -6,7 +6,6 @@ load recipe -> load model and processor -> build datasets and mixture -> apply L
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
+from .distributed import distributed_fields, distributed_state, has_accelerator, vq_on_accelerator, world_size
 from .errors import RecipeError, UserError
 from .images import check_images
 from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
@@ -67,81 +67,10 @@ def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
 
     paths = sorted({str(r.images[0]) for r in records})
     cache = CodeCache(cache_dir)
-    with distributed_state().main_process_first(), _vq_on_accelerator(model):
+    with distributed_state().main_process_first(), vq_on_accelerator(model):
         codes = codes_for_files(model, paths, cache)
     print(f"janus-ft: VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded")
     return {p: c.tolist() for p, c in zip(paths, codes)}
-
-
-@contextlib.contextmanager
-def _vq_on_accelerator(model):
-    """The model is still on the CPU while datasets are built (the Trainer places it later); the
-    VQ encoder alone (72M parameters in Janus-Pro) goes to this rank's GPU for the cache misses,
-    seconds instead of minutes for a few thousand 384-px targets, and comes back afterwards."""
-    import torch
-
-    from .vq import find_vq_model
-
-    vq = find_vq_model(model)
-    home = next(vq.parameters()).device
-    if not torch.cuda.is_available() or home.type != "cpu":
-        yield
-        return
-    vq.to(distributed_state().device)
-    try:
-        yield
-    finally:
-        vq.to(home)
-
-
-def world_size() -> int:
-    """Processes training together (torchrun / accelerate launch), from the process group itself."""
-    return distributed_state().num_processes
-
-
-def distributed_state():
-    """accelerate's state of this process (rank, main process), set up as the Trainer will set it.
-
-    Under torchrun / `accelerate launch` on a machine without a GPU, accelerate forms a process group
-    of CPU ranks (gloo) only when told to use the CPU; otherwise every rank trains alone on the
-    whole schedule and encodes the VQ cache itself. `ACCELERATE_USE_CPU` is what TrainingArguments
-    reads (`accelerate launch` sets it to False unless given --cpu, which cannot spawn processes).
-    """
-    from accelerate import PartialState
-
-    cpu = _cpu_ranks()
-    if cpu:
-        os.environ["ACCELERATE_USE_CPU"] = "true"
-    return PartialState(cpu=cpu)
-
-
-def _cpu_ranks() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
-
-
-def distributed_fields(train) -> dict:
-    """SFTConfig fields a launch on CPU ranks needs (none elsewhere): DeepSpeed's state, made here.
-
-    accelerate enters DeepSpeed only off the CPU, and TrainingArguments starts DeepSpeed's process
-    group without naming a backend, which on a machine without a GPU leaves every rank believing it
-    is alone. So the state is rebuilt as DeepSpeed over gloo (DeepSpeed's CPU accelerator supports
-    it) and the Trainer told to use it as configured. FSDP has no such path: refuse it rather than
-    let accelerate fall back to DDP without a word.
-    """
-    if not _cpu_ranks():
-        return {}
-    if train.extra.get("fsdp") or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise RecipeError("FSDP needs GPUs: accelerate runs it only on GPU (or XPU/NPU/HPU) ranks. On CPU "
-                          "use DDP, or DeepSpeed ZeRO-3 to shard (train.deepspeed=recipes/deepspeed/zero3.json)")
-    if not train.deepspeed:
-        return {}
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)   # the process group itself stays
-    os.environ["ACCELERATE_USE_CPU"] = "false"
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-    PartialState(backend="gloo")
-    return {"accelerator_config": {"use_configured_state": True}}
 
 
 def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
@@ -158,7 +87,7 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
         # Mixed-precision autocast needs an accelerator; on CPU bf16 weights simply train in bf16.
-        bf16=dtype == "bfloat16" and _has_accelerator(), fp16=False,
+        bf16=dtype == "bfloat16" and has_accelerator(), fp16=False,
         # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
         # mixture schedule (its order is what keeps the ratio inside each optimizer step).
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
@@ -175,11 +104,6 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         return SFTConfig(**fields)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"train: {err}") from None
-
-
-def _has_accelerator() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 def resume_argument(recipe: Recipe):
@@ -205,6 +129,43 @@ class SftResult:
     interrupted: int = 0   # the signal that stopped training (a resumable checkpoint was saved), or 0
 
 
+def read_data(recipe: Recipe) -> tuple[list, list]:
+    """(train, val) records, every record and every image validated; a task with a ratio and no
+    records is an error."""
+    train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
+    require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
+    bad_images = check_images(train_records + val_records)   # decoded once each, as training will
+    if bad_images:
+        shown = "\n  ".join(str(e) for e in bad_images[:10])
+        raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
+                        f"\n  {shown}")
+    return train_records, val_records
+
+
+def claim_output_dir(recipe: Recipe) -> None:
+    """Refuse an output_dir holding another run (unless resuming / overwriting), then mark it as
+    this run's with its recipe."""
+    out, t = Path(recipe.output_dir), recipe.train
+    state = distributed_state()
+    check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, state.is_main_process)
+    state.wait_for_everyone()   # every rank has looked at output_dir before the main process writes there
+    if state.is_main_process:
+        clear_staging(out)
+        save_recipe(recipe, out / "recipe.yaml")
+
+
+def training_schedule(recipe: Recipe, train_sets: dict) -> tuple[MixtureDataset, int, int]:
+    """(mixture, global batch, optimizer steps): the schedule in blocks of one global batch."""
+    t = recipe.train
+    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
+    sizes = {task: len(ds) for task, ds in train_sets.items()}
+    steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
+                                                                  t.num_train_epochs)
+    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout,
+                             group_by_length=recipe.data.group_by_length)
+    return mixture, global_batch, steps
+
+
 def run_sft(recipe: Recipe) -> SftResult:
     """Fine-tune as the recipe says; the adapter and its companions land in `recipe.output_dir`."""
     from .collate import JanusCollator
@@ -216,20 +177,8 @@ def run_sft(recipe: Recipe) -> SftResult:
 
     out, t = Path(recipe.output_dir), recipe.train
     # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
-    train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
-    require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
-    bad_images = check_images(train_records + val_records)   # decoded once each, as training will
-    if bad_images:
-        shown = "\n  ".join(str(e) for e in bad_images[:10])
-        raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
-                        f"\n  {shown}")
-    state = distributed_state()
-    main_process = state.is_main_process
-    check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, main_process)
-    state.wait_for_everyone()   # every rank has looked at output_dir before the main process writes there
-    if main_process:
-        clear_staging(out)
-        save_recipe(recipe, out / "recipe.yaml")   # marks the directory as this run's from the start
+    train_records, val_records = read_data(recipe)
+    claim_output_dir(recipe)
     model, processor = load_model_and_processor(recipe.model)
     fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
     train_sets = build_datasets(train_records, model, processor, recipe, fmt)
@@ -242,12 +191,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     model = apply_lora(model, recipe.lora)
     print(trainable_table(model))
 
-    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
-    sizes = {task: len(ds) for task, ds in train_sets.items()}
-    steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
-                                                                  t.num_train_epochs)
-    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout,
-                             group_by_length=recipe.data.group_by_length)
+    mixture, global_batch, steps = training_schedule(recipe, train_sets)
     eval_set = _concat(list(val_sets.values()))
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),

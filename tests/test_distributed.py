@@ -175,7 +175,7 @@ def test_fsdp_accelerate_config_wraps_janus_layers(tiny_model):
 
 
 def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch):
-    from janus_ft.sft import distributed_fields
+    from janus_ft.distributed import distributed_fields
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

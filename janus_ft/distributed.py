@@ -1,0 +1,89 @@
+"""Processes: who trains together, and on what device -- the setup `torchrun` / `accelerate launch`
+leave to the program, done the way the Trainer will find it.
+
+janus_ft runs no engine of its own (DDP, DeepSpeed and FSDP are the Trainer's); this module only
+makes CPU ranks form a real process group, hands DeepSpeed its state there, refuses FSDP where
+accelerate cannot run it, and puts the VQ encoder on the GPU while the code cache is filled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .errors import RecipeError
+
+@contextlib.contextmanager
+def vq_on_accelerator(model):
+    """The model is still on the CPU while datasets are built (the Trainer places it later); the
+    VQ encoder alone (72M parameters in Janus-Pro) goes to this rank's GPU for the cache misses,
+    seconds instead of minutes for a few thousand 384-px targets, and comes back afterwards."""
+    import torch
+
+    from .vq import find_vq_model
+
+    vq = find_vq_model(model)
+    home = next(vq.parameters()).device
+    if not torch.cuda.is_available() or home.type != "cpu":
+        yield
+        return
+    vq.to(distributed_state().device)
+    try:
+        yield
+    finally:
+        vq.to(home)
+
+
+def world_size() -> int:
+    """Processes training together (torchrun / accelerate launch), from the process group itself."""
+    return distributed_state().num_processes
+
+
+def distributed_state():
+    """accelerate's state of this process (rank, main process), set up as the Trainer will set it.
+
+    Under torchrun / `accelerate launch` on a machine without a GPU, accelerate forms a process group
+    of CPU ranks (gloo) only when told to use the CPU; otherwise every rank trains alone on the
+    whole schedule and encodes the VQ cache itself. `ACCELERATE_USE_CPU` is what TrainingArguments
+    reads (`accelerate launch` sets it to False unless given --cpu, which cannot spawn processes).
+    """
+    from accelerate import PartialState
+
+    cpu = _cpu_ranks()
+    if cpu:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    return PartialState(cpu=cpu)
+
+
+def _cpu_ranks() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator()
+
+
+def distributed_fields(train) -> dict:
+    """SFTConfig fields a launch on CPU ranks needs (none elsewhere): DeepSpeed's state, made here.
+
+    accelerate enters DeepSpeed only off the CPU, and TrainingArguments starts DeepSpeed's process
+    group without naming a backend, which on a machine without a GPU leaves every rank believing it
+    is alone. So the state is rebuilt as DeepSpeed over gloo (DeepSpeed's CPU accelerator supports
+    it) and the Trainer told to use it as configured. FSDP has no such path: refuse it rather than
+    let accelerate fall back to DDP without a word.
+    """
+    if not _cpu_ranks():
+        return {}
+    if train.extra.get("fsdp") or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise RecipeError("FSDP needs GPUs: accelerate runs it only on GPU (or XPU/NPU/HPU) ranks. On CPU "
+                          "use DDP, or DeepSpeed ZeRO-3 to shard (train.deepspeed=recipes/deepspeed/zero3.json)")
+    if not train.deepspeed:
+        return {}
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)   # the process group itself stays
+    os.environ["ACCELERATE_USE_CPU"] = "false"
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
+def has_accelerator() -> bool:
+    import torch
+    return torch.cuda.is_available()
