@@ -63,37 +63,44 @@ def detect_format(processor_or_tokenizer) -> str:
     return "janus-pro" if FORMATS["janus-pro"].user in tok.get_vocab() else "janus"
 
 
-def user_content(text: str) -> str:
-    """Lay out `<image>` tags as the chat template lays out image content parts.
-
-    The text is split at the tags into parts (each text part stripped, empty ones dropped); an image
-    part is `<image_placeholder>` set off from its neighbours by a newline on each side.
-    """
-    pieces = [p.strip() for p in text.split(IMAGE_TAG)]
-    parts: list[str | None] = []  # None marks an image
-    for i, chunk in enumerate(pieces):
-        if i:
-            parts.append(None)
-        if chunk:
-            parts.append(chunk)
-    out = []
-    for i, part in enumerate(parts):
-        if part is None:
-            out.append(("\n" if i else "") + IMAGE_PLACEHOLDER + ("\n" if i < len(parts) - 1 else ""))
-        else:
-            out.append(part)
-    return "".join(out)
-
-
 def content_parts(text: str) -> list[dict]:
-    """The same user text as chat-template content parts (what inference code passes to the processor)."""
+    """User text with `<image>` tags -> chat-template content parts (what inference passes to the
+    processor), so training and inference lay a turn out from the same parts.
+
+    Text between tags keeps its own spaces (`"Compare <image> and"` -> text `"Compare "`, image,
+    text `" and"`), as a user writing content parts would give them. One newline directly next to a
+    tag is taken as part of the tag, because the template itself sets an image off with a newline
+    on each side: text already written in that layout (`"<image>\\nQ"`, `"A\\n<image>\\nB"`) renders
+    as written instead of with doubled newlines. Whitespace-only text carries nothing and is dropped.
+    """
+    chunks = text.split(IMAGE_TAG)
     parts: list[dict] = []
-    for i, chunk in enumerate(p.strip() for p in text.split(IMAGE_TAG)):
+    for i, chunk in enumerate(chunks):
         if i:
             parts.append({"type": "image"})
-        if chunk:
+            chunk = chunk.removeprefix("\n")
+        if i < len(chunks) - 1:
+            chunk = chunk.removesuffix("\n")
+        if chunk.strip():
             parts.append({"type": "text", "text": chunk})
     return parts
+
+
+def user_content(text: str) -> str:
+    """A user turn's content as the checkpoint's chat template renders `content_parts(text)`: an
+    image is `<image_placeholder>` with a newline before it unless it is the first part and after
+    it unless it is the last; the first text part is left-stripped and the last right-stripped,
+    every other space is kept."""
+    parts = content_parts(text)
+    last = len(parts) - 1
+    out = []
+    for i, part in enumerate(parts):
+        if part["type"] == "image":
+            out.append(("\n" if i else "") + IMAGE_PLACEHOLDER + ("\n" if i < last else ""))
+            continue
+        chunk = part["text"].lstrip() if i == 0 else part["text"]
+        out.append(chunk.rstrip() if i == last else chunk)
+    return "".join(out)
 
 
 def render(record: Record, fmt: str | Format, system_prompt: str | None = None,

@@ -2,7 +2,9 @@
 
 Every field carries a one-line help. An unknown key is an error naming the closest valid key;
 a wrong type is an error naming the key and the expected type. `train` maps onto TRL's
-`SFTConfig` (transformers `TrainingArguments` names); `train.extra` passes anything else through.
+`SFTConfig`: besides janus_ft's own keys it takes every `SFTConfig` / `TrainingArguments` field by
+its own name (gathered into `train.extra`, which may also be written directly), except the few
+janus_ft must set itself (`OWNED_TRAIN_FIELDS`).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class TrainArgs:
     deepspeed: str | None = _f(None, "DeepSpeed config file (see recipes/deepspeed/)")
     dataloader_num_workers: int = _f(0, "worker processes building samples")
     disable_tqdm: bool = _f(False, "hide the progress bar")
-    extra: dict = _f({}, "any other SFTConfig / TrainingArguments field, passed through")
+    extra: dict = _f({}, "other SFTConfig / TrainingArguments fields, passed through (also accepted directly under train)")
 
 
 @dataclass
@@ -125,11 +127,76 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecipeError(f"{path}: a recipe is a mapping of sections (model, data, lora, train, output_dir)")
     for item in overrides or []:
         _apply_override(raw, item)
+    if isinstance(raw.get("train"), dict):
+        raw["train"] = _lift_trl_fields(raw["train"])
     recipe = _build(Recipe, raw, where="")
     recipe.source = str(path) if path else None
     _resolve_paths(recipe, path.parent if path is not None else Path.cwd())
     validate(recipe)
     return recipe
+
+
+# SFTConfig / TrainingArguments fields janus_ft sets itself: a recipe that set them would silently
+# break the task mixture, the labels or the images, so they are refused with the reason.
+OWNED_TRAIN_FIELDS = {
+    "remove_unused_columns": "janus_ft's samples carry task and image columns the collator needs",
+    "dataset_kwargs": "janus_ft renders and tokenizes samples itself; TRL must not prepare them again",
+    "train_sampling_strategy": "the mixture schedule is read in order: any other sampler breaks the task "
+                               "ratios inside each step (use data.group_by_length to sort within a step)",
+    "shuffle_dataset": "the mixture schedule is already shuffled with train.seed; a second shuffle breaks "
+                       "the task ratios inside each step",
+    "group_by_length": "use data.group_by_length (it sorts within each step, keeping the task ratios)",
+    "packing": "use data.packing (janus_ft packs samples with their images itself)",
+    "packing_strategy": "use data.packing (janus_ft packs samples with their images itself)",
+    "padding_free": "use data.packing (janus_ft packs samples with their images itself)",
+    "eval_packing": "use data.packing",
+    "max_length": "use data.max_length (longer samples are dropped and counted, never truncated)",
+    "truncation_mode": "janus_ft never truncates a sample (it would cut image tokens); see data.max_length",
+    "dataset_text_field": "janus_ft reads records, not a text column",
+    "completion_only_loss": "janus_ft supervises exactly the assistant turns (and image codes) itself",
+    "assistant_only_loss": "janus_ft supervises exactly the assistant turns (and image codes) itself",
+    "loss_type": "janus_ft computes the per-task loss itself",
+    "chat_template_path": "the conversation format comes from the checkpoint (model.format)",
+    "eos_token": "special tokens are the checkpoint's own",
+    "pad_token": "special tokens are the checkpoint's own",
+    "model_init_kwargs": "use the model section (path, dtype, quantization, attn_implementation)",
+    "output_dir": "set output_dir at the top level of the recipe",
+    "activation_checkpointing": "use train.gradient_checkpointing",
+    "activation_checkpointing_kwargs": "janus_ft needs non-reentrant checkpointing (LoRA inside the vision "
+                                       "tower, micro-batches without images under DDP)",
+    "gradient_checkpointing_kwargs": "janus_ft needs non-reentrant checkpointing (LoRA inside the vision "
+                                     "tower, micro-batches without images under DDP)",
+}
+
+
+def _lift_trl_fields(train: dict) -> dict:
+    """Keys of the `train` section that are TRL `SFTConfig` / `TrainingArguments` fields but not
+    janus_ft's own go to `train.extra`, so a TRL user's recipe works as written; owned and unknown
+    names are refused here, before anything loads."""
+    own = {f.name for f in dataclasses.fields(TrainArgs)}
+    extra = train.get("extra") if isinstance(train.get("extra"), dict) else None
+    foreign = [k for k in train if k not in own]
+    if not foreign and not extra:
+        return train
+    from trl import SFTConfig   # only when needed: importing TRL costs seconds
+
+    trl_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    lifted = {k: v for k, v in train.items() if k in own}
+    moved = dict(extra or {})
+    for key in foreign + list(extra or {}):
+        name = f"train.{key}" if key in foreign else f"train.extra.{key}"
+        if key in OWNED_TRAIN_FIELDS:
+            raise RecipeError(f"recipe key '{name}' is set by janus_ft: {OWNED_TRAIN_FIELDS[key]}")
+        if key not in trl_fields:
+            close = difflib.get_close_matches(str(key), sorted(own | trl_fields), n=1)
+            hint = f" (did you mean 'train.{close[0]}'?)" if close else ""
+            raise RecipeError(f"unknown recipe key '{name}'{hint}: train takes janus_ft's keys and every TRL "
+                              "SFTConfig / transformers TrainingArguments field")
+        if key in foreign:
+            moved[key] = train[key]
+    if moved:
+        lifted["extra"] = moved
+    return lifted
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -65,21 +65,27 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
         is_file = False
     if not is_file:
         raise BadRecord(path, None, None, "file not found")
+    found = False
     try:
         with path.open(encoding="utf-8", errors="surrogateescape") as f:
             for number, text in enumerate(f, start=1):
                 # Windows editors start a file with a BOM; `cat`-ed files carry one mid-file too.
                 text = text.removeprefix(BOM)
                 if text.strip():
+                    found = True
                     yield number, text
     except OSError as err:
         raise BadRecord(path, None, None, f"cannot read: {err.strerror or err}") from None
+    if not found:   # nothing to train on is a mistake (a wrong path, an unfinished export), not a no-op
+        raise BadRecord(path, None, None, "no records: the file is empty or holds only blank lines")
 
 
 def parse_line(text: str, path: Path, line: int) -> Record:
     _require_utf8(text, path, line)
     try:
-        obj = json.loads(text)
+        # Without its line break, so a line cut short is reported where it ends (`column 21`), not
+        # at `column 1` of the "next line" that json sees after the newline.
+        obj = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as err:
         raise BadRecord(path, line, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
     except RecursionError:

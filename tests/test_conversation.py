@@ -71,13 +71,66 @@ def test_only_answers_supervised_and_last_turn_option():
     assert [p.text for p in last if p.supervised] == [" r3"]
 
 
-@pytest.mark.parametrize("query", ["<image>What is shown?", "<image><image>Which?", "Look: <image> now",
-                                   "<image>\nWhat?", "Two<image>tags<image>"])
-def test_user_content_matches_chat_template_layout(tiny_processor, query):
-    """`<image>` tags render exactly like image content parts in the checkpoint's chat template."""
-    messages = [{"role": "user", "content": content_parts(query)}]
-    templated = tiny_processor.apply_chat_template(messages, add_generation_prompt=True)
-    assert templated == f"<|User|>: {user_content(query)}\n\n<|Assistant|>:"
+IMG = {"type": "image"}
+
+
+def T(text):   # noqa: N802 - reads like the content part it builds
+    return {"type": "text", "text": text}
+
+
+# (record query, the content parts a user would pass at inference): images at the start, middle and
+# end of a turn, one and two images, spaces and newlines around the tags.
+LAYOUTS = [
+    ("<image>What is shown?", [IMG, T("What is shown?")]),
+    ("<image>\nWhat is shown?", [IMG, T("What is shown?")]),
+    ("What is shown? <image>", [T("What is shown? "), IMG]),
+    ("Look at <image> now", [T("Look at "), IMG, T(" now")]),
+    ("Look at\n<image>\nnow", [T("Look at"), IMG, T("now")]),
+    ("Compare <image> and <image> please", [T("Compare "), IMG, T(" and "), IMG, T(" please")]),
+    ("<image><image>Which is brighter?", [IMG, IMG, T("Which is brighter?")]),
+    ("Which is brighter, <image> or <image>", [T("Which is brighter, "), IMG, T(" or "), IMG]),
+    ("<image> and <image>", [IMG, T(" and "), IMG]),
+]
+
+
+@pytest.fixture(scope="module")
+def janus13_processor(tmp_path_factory):
+    from transformers import JanusProcessor
+    return JanusProcessor.from_pretrained(build_tiny(tmp_path_factory.mktemp("janus13"), fmt="janus"))
+
+
+@pytest.mark.parametrize("fmt", ["janus-pro", "janus"])
+@pytest.mark.parametrize("query,parts", LAYOUTS)
+def test_images_in_text_render_like_the_chat_template(tiny_processor, janus13_processor, tmp_path, fmt,
+                                                      query, parts):
+    """Training prompt == the checkpoint's chat template over the content parts a user would pass,
+    as strings and as token ids (images expanded; the processor adds the default system prompt),
+    for both formats."""
+    from janus_ft.dataset import JanusDataset
+    from janus_ft.tokens import IGNORE_INDEX
+
+    processor = tiny_processor if fmt == "janus-pro" else janus13_processor
+    n = query.count("<image>")
+    paths = []
+    for i in range(n):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (64, 48), (200, 40 * i, 30)).save(paths[-1])
+    record = parse_record({"query": query, "response": "Yes.", "images": [str(p) for p in paths]},
+                          tmp_path / "d.jsonl", 1)
+    templated = processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True)
+    assert content_parts(query) == parts
+    assert render_text(render(record, fmt)) == f"{SYS}{templated} Yes.{E}"
+    ex = JanusDataset([record], processor, fmt).examples[0]
+    prompt_len = next(i for i, lab in enumerate(ex.labels) if lab != IGNORE_INDEX)
+    ref = processor(text=templated, images=[Image.open(p) for p in paths] or None, return_tensors="pt")
+    assert ex.input_ids[:prompt_len] == ref["input_ids"][0].tolist()
+
+
+def test_mid_sentence_images_keep_their_spaces():
+    """The literal layout the template gives for text around images (spaces kept, not stripped)."""
+    assert user_content("Compare <image> and <image> please") == (
+        "Compare \n<image_placeholder>\n and \n<image_placeholder>\n please")
+    assert user_content("  <image>  Q  ") == "<image_placeholder>\n  Q"
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])

@@ -1,12 +1,15 @@
 """`janus-ft data check/preview`: bad input -> one clear message with file:line and field, exit 2."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import write_jsonl
 from janus_ft.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
@@ -63,3 +66,32 @@ def test_missing_model_is_a_clear_error(img, capsys):
     path = write_jsonl(img / "p.jsonl", [{"query": "Hi", "response": "Hello"}])
     assert main(["data", "preview", str(path), "--model", str(img / "nope")]) == 2
     assert "cannot load a Janus processor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_empty_file_is_bad_input(tmp_path, capsys, content):
+    """A file with no records (empty, or only blank lines) cannot be trained on: exit 2 naming it,
+    in `data check` and in `sft` (before any weight loads)."""
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: no records: the file is empty or holds only blank lines" in err and "Traceback" not in err
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), f"data.train=[{{path: {path}}}]",
+                 f"output_dir={tmp_path / 'out'}"]) == 2
+    assert f"{path}: no records" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text,column", [
+    ('{"query": "broken", ', 21),          # cut short: where the line ends, not column 1
+    ('{"query": "broken", \r', 21),
+    ('{"query": "q" "response": "r"}', 15),
+    ('{"query": "q", "response": "r"} x', 33),
+])
+def test_malformed_json_names_the_column(tmp_path, capsys, text, column):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"query": "fine", "response": "yes"}\n' + text + "\n")
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"bad.jsonl:2: malformed JSON (" in err and f"at column {column})" in err, err

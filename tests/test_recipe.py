@@ -42,7 +42,10 @@ def test_overrides_and_extra_passthrough(tmp_path):
     ("data.cfg_dropout=1.5", "data.cfg_dropout must be in [0, 1)"),
     ("lora.modules_to_save=[llm]", "both name ['llm']"),
     ("train.per_device_train_batch_size=0", "must be >= 1"),
-    ("train.extra={not_a_field: 1}", "train:"),
+    ("train.extra={not_a_field: 1}", "unknown recipe key 'train.extra.not_a_field'"),
+    ("train.save_stratgy=no", "did you mean 'train.save_strategy'"),
+    ("train.remove_unused_columns=true", "'train.remove_unused_columns' is set by janus_ft"),
+    ("train.extra={packing: true}", "'train.extra.packing' is set by janus_ft: use data.packing"),
     ("data.train=[]", "data.train is empty"),
     ("train.max_steps", "is not of the form section.key=value"),
 ])
@@ -51,6 +54,51 @@ def test_bad_recipes_fail_with_a_clear_message(override, message):
         r = load_recipe(REPO / "recipes/demo.yaml", [override])
         sft_config(r, 1, False)
     assert message in str(err.value)
+
+
+def _plain(value):
+    """A dataclass default as YAML can write it (enums by value)."""
+    import enum
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def test_train_takes_every_trl_field_by_its_own_name(tmp_path):
+    """A TRL user's `train` section works as written: every SFTConfig / TrainingArguments field is
+    accepted by its own name (here each set to its own default), except those janus_ft owns."""
+    import dataclasses
+
+    import yaml
+    from trl import SFTConfig
+
+    from janus_ft.recipe import OWNED_TRAIN_FIELDS, TrainArgs
+
+    own = {f.name for f in dataclasses.fields(TrainArgs)}
+    fields = {}
+    for f in dataclasses.fields(SFTConfig):
+        # bf16's default None means "on unless fp16" in TRL, which a CPU refuses: set it as a user would
+        if not f.init or f.name in OWNED_TRAIN_FIELDS or f.name in own or f.name == "bf16":
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        fields[f.name] = _plain(default)
+    assert len(fields) > 80   # 135 SFTConfig fields less the owned and those janus_ft names itself
+    raw = yaml.safe_load((REPO / "recipes/demo.yaml").read_text())
+    raw["train"].update(fields, bf16=False, save_strategy="no", adam_beta2=0.95)
+    (tmp_path / "trl.yaml").write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(tmp_path / "trl.yaml", [f"output_dir={tmp_path / 'out'}"])
+    assert set(recipe.train.extra) == set(fields) | {"bf16"}
+    config = sft_config(recipe, 5, False)
+    assert config.save_strategy == "no" and config.adam_beta2 == 0.95
+    # the escape hatch still works, and both spellings land in the same place
+    r = load_recipe(REPO / "recipes/demo.yaml", ["train.extra={save_strategy: 'no'}", "train.optim=adamw_torch"])
+    assert r.train.extra == {"save_strategy": "no", "optim": "adamw_torch"}
+
+
+@pytest.mark.parametrize("key", sorted(__import__("janus_ft.recipe", fromlist=["x"]).OWNED_TRAIN_FIELDS))
+def test_fields_janus_ft_owns_are_refused_with_the_reason(key):
+    from janus_ft.recipe import OWNED_TRAIN_FIELDS
+    with pytest.raises(RecipeError) as err:
+        load_recipe(REPO / "recipes/demo.yaml", [f"train.{key}=1"])
+    assert str(err.value) == f"recipe key 'train.{key}' is set by janus_ft: {OWNED_TRAIN_FIELDS[key]}"
 
 
 def test_cli_bad_recipe_exits_2_before_loading_a_model(tmp_path, capsys):
