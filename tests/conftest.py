@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,9 @@ import torch
 
 # The tiny model's matmuls are too small to gain from a second thread; on a shared 2-core machine
 # extra threads only contend (measured: a generate test took 8.8 s with one thread, 21 s with two).
-torch.set_num_threads(1)
+# OMP_NUM_THREADS=2 still runs the suite on two threads: the learning tests must pass with either
+# reduction order.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_templates" / "samples"
@@ -47,6 +50,14 @@ def tiny_base(tiny_dir, tiny_processor):
 def tiny_model(tiny_dir):
     from transformers import JanusForConditionalGeneration
     return JanusForConditionalGeneration.from_pretrained(tiny_dir).eval()
+
+
+def need(module: str):
+    """An optional extra (deepspeed, bitsandbytes): skipped where it is not installed, except in CI
+    (`CI` set), which installs every extra, so there a missing one fails instead of hiding tests."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import need
 from janus_ft.errors import RecipeError
 from janus_ft.mixture import build_schedule
 from janus_ft.recipe import TrainArgs, load_recipe
@@ -92,7 +93,7 @@ def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path,
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_on_two_cpu_processes_trains_like_one(tmp_path, single, stage):
-    pytest.importorskip("deepspeed")
+    need("deepspeed")
     out, _ = torchrun(tmp_path, stage, [f"train.deepspeed=recipes/deepspeed/{stage}.json"])
     assert_same_training(out, single)   # ZeRO-3: the adapter gathered from shards on every rank
 
@@ -124,7 +125,7 @@ def test_each_rank_reads_its_own_shard_and_a_step_is_the_schedules_block(per_dev
 
 @pytest.mark.parametrize("name,stage", [("zero2.json", 2), ("zero3.json", 3)])
 def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, stage, tmp_path, monkeypatch):
-    pytest.importorskip("deepspeed")
+    need("deepspeed")
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
     from janus_ft.sft import sft_config

@@ -15,9 +15,10 @@ from janus_ft.errors import RecipeError
 from janus_ft.loss import compute_loss_parts, core_model
 from janus_ft.model import COMPONENT_PATHS, apply_lora, load_model_and_processor, train_in_fp32
 from janus_ft.recipe import LoraArgs, ModelArgs, load_recipe
+from conftest import need
 from test_model import mixed_batch
 
-bnb = pytest.importorskip("bitsandbytes")
+bnb = need("bitsandbytes")
 REPO = Path(__file__).resolve().parent.parent
 QUANTIZED = {"4bit": (bnb.nn.Linear4bit, torch.uint8), "8bit": (bnb.nn.Linear8bitLt, torch.int8)}
 
