@@ -95,9 +95,13 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _assert_clean(err: BadRecord, path: Path, lines: int) -> None:
-    """The error names the file, a line that exists, and (when it has one) the field, in words."""
+    """The error names the file, a line that exists (or the whole file, when it holds no record at
+    all), and (when it has one) the field, in words."""
     msg = str(err)
-    assert err.path == str(path) and err.line is not None and 1 <= err.line <= lines, msg
+    if err.line is None:
+        assert err.path == str(path) and msg == f"{path}: no records: the file is empty or holds only blank lines"
+        return
+    assert err.path == str(path) and 1 <= err.line <= lines, msg
     assert msg.startswith(f"{path}:{err.line}: ")
     if err.field:
         assert f"field '{err.field}':" in msg

@@ -61,8 +61,10 @@ def trained(shapes, tmp_path_factory, tiny_dir):
     recipe = load_recipe(None, [
         f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
-        "train.max_steps=70", "train.learning_rate=5e-3", "train.per_device_train_batch_size=8",
-        "train.lr_scheduler_type=constant", "train.save_steps=35", "train.logging_steps=5",
+        # 150 steps: held-out accuracy 0.95-1.00 over 5 seeds x 1|2 threads (70 steps gave 0.75-0.78
+        # on some machines and seeds, under the 0.85 this test asks for).
+        "train.max_steps=150", "train.learning_rate=5e-3", "train.per_device_train_batch_size=8",
+        "train.lr_scheduler_type=constant", "train.save_steps=75", "train.logging_steps=5",
         "train.disable_tqdm=true", "data.max_length=256"])
     return run_sft(recipe)
 
@@ -84,11 +86,11 @@ def test_output_tree_and_plain_peft_adapter(trained, tiny_dir, tiny_processor):
 
     out = trained.output_dir
     for name in ("adapter_config.json", "adapter_model.safetensors", "recipe.yaml", "loss.png",
-                 "mixture.json", "processor_config.json", "tokenizer.json", "checkpoint-35", "checkpoint-70"):
+                 "mixture.json", "processor_config.json", "tokenizer.json", "checkpoint-75", "checkpoint-150"):
         assert (out / name).exists(), name
     state = json.loads((out / "trainer_state.json").read_text())
     assert any("loss_understanding" in e for e in state["log_history"])
-    assert json.loads((out / "mixture.json").read_text())["consumed"]["understanding"] == 70 * 8
+    assert json.loads((out / "mixture.json").read_text())["consumed"]["understanding"] == 150 * 8
 
     base = JanusForConditionalGeneration.from_pretrained(tiny_dir).eval()
     loaded = PeftModel.from_pretrained(base, out).eval()   # plain PEFT, no janus_ft involved
