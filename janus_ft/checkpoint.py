@@ -32,9 +32,10 @@ class TrainingError(UserError):
     exit_code = 1
 
 
-def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, main_process: bool = True) -> None:
-    """Refuse a non-empty `output_dir` unless resuming or overwriting; make sure it is writable.
-    Runs before any weight loads."""
+def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a non-empty `output_dir` unless resuming or overwriting (then empty it); make sure it
+    is writable. Runs before any weight loads, on the main process only: it writes (the probe, the
+    deletions), so another rank listing the directory meanwhile would judge a half-done state."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise RecipeError(f"output_dir {out} is a file, not a directory")
@@ -45,12 +46,14 @@ def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, main
             n.startswith("checkpoint-") for n in contents) else "other files"
         raise RecipeError(f"output_dir {out} is not empty: it holds {kind} ({shown}). Pass train.resume=true "
                           "to continue it, train.overwrite_output_dir=true to replace it, or choose another output_dir")
-    if not main_process:
-        return
     if contents and overwrite and not resume:
-        for name in contents:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        try:
+            for name in contents:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError as err:
+            raise RecipeError(f"output_dir {out}: cannot empty it for train.overwrite_output_dir "
+                              f"({err.strerror or err}: {err.filename})") from None
     _check_writable(out)
 
 
