@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
+from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, save_error
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
 from .distributed import (distributed_fields, distributed_state, has_accelerator, on_main_process, vq_on_accelerator,
@@ -229,14 +229,17 @@ def run_sft(recipe: Recipe) -> SftResult:
 
 def save_outputs(trainer, processor, out: Path) -> None:
     """The final adapter and its companions, written aside and then renamed into `out` file by file,
-    so a kill or a full disk never leaves a half-written adapter next to the checkpoints."""
-    from .checkpoint import STAGING, save_error
-    from .plot import plot_losses
-
+    so a kill or a full disk never leaves a half-written adapter next to the checkpoints. Every rank
+    returns once they are in place, or raises the main process's error."""
     staged = out / STAGING / "final"
     if not trainer.is_world_process_zero():
         trainer.save_model(str(staged))   # takes part in gathering the weights, writes nothing
-        return
+    on_main_process(lambda: _write_outputs(trainer, processor, staged, out))
+
+
+def _write_outputs(trainer, processor, staged: Path, out: Path) -> None:
+    from .plot import plot_losses
+
     try:
         trainer.save_model(str(staged))
         processor.save_pretrained(staged)
