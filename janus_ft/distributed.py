@@ -63,6 +63,14 @@ def on_main_process(decide):
     return outcome[0]
 
 
+def process_lost(err: Exception) -> bool:
+    """Whether `err` is a collective failing because another rank is gone: NCCL and the process
+    group's store raise torch's DistError, gloo a plain RuntimeError from its TCP transport."""
+    import torch.distributed as dist
+
+    return isinstance(err, dist.DistError) or "gloo/transport" in str(err)
+
+
 def world_size() -> int:
     """Processes training together (torchrun / accelerate launch), from the process group itself."""
     return distributed_state().num_processes

@@ -11,11 +11,11 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, save_error
+from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
-from .distributed import (distributed_fields, distributed_state, has_accelerator, on_main_process, vq_on_accelerator,
-                          world_size)
+from .distributed import (distributed_fields, distributed_state, has_accelerator, on_main_process, process_lost,
+                          vq_on_accelerator, world_size)
 from .errors import RecipeError, UserError
 from .images import check_images
 from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
@@ -212,7 +212,7 @@ def run_sft(recipe: Recipe) -> SftResult:
         nan_policy=t.nan_policy)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
-    trainer.train(resume_from_checkpoint=resume_from)
+    train(trainer, resume_from, stopper)
     if trainer.skipped_batches:
         print(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
@@ -225,6 +225,21 @@ def run_sft(recipe: Recipe) -> SftResult:
     if trainer.is_world_process_zero():
         print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
     return SftResult(out, trainer.model, trainer.state.log_history)
+
+
+def train(trainer, resume_from: str | None, stopper: SignalCheckpoint) -> None:
+    """`trainer.train()`, with a clear message when another process of the job is gone (killed,
+    out of memory): the collective waiting for it fails on the ranks left."""
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except RuntimeError as err:
+        if trainer.accelerator.num_processes > 1 and process_lost(err):
+            raise lost_process_error(err, trainer.state.global_step, trainer.args.output_dir) from None
+        raise
+    finally:
+        # The launcher ends the ranks left with SIGTERM: that must stop them now, not ask for a
+        # checkpoint no collective can write any more.
+        stopper.restore()
 
 
 def save_outputs(trainer, processor, out: Path) -> None:
