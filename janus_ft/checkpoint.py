@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -32,9 +33,10 @@ class TrainingError(UserError):
     exit_code = 1
 
 
-def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, main_process: bool = True) -> None:
-    """Refuse a non-empty `output_dir` unless resuming or overwriting; make sure it is writable.
-    Runs before any weight loads."""
+def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a non-empty `output_dir` unless resuming or overwriting (then empty it); make sure it
+    is writable. Runs before any weight loads, on the main process only: it writes (the probe, the
+    deletions), so another rank listing the directory meanwhile would judge a half-done state."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise RecipeError(f"output_dir {out} is a file, not a directory")
@@ -45,12 +47,14 @@ def check_output_dir(output_dir: str | Path, resume: bool, overwrite: bool, main
             n.startswith("checkpoint-") for n in contents) else "other files"
         raise RecipeError(f"output_dir {out} is not empty: it holds {kind} ({shown}). Pass train.resume=true "
                           "to continue it, train.overwrite_output_dir=true to replace it, or choose another output_dir")
-    if not main_process:
-        return
     if contents and overwrite and not resume:
-        for name in contents:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        try:
+            for name in contents:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError as err:
+            raise RecipeError(f"output_dir {out}: cannot empty it for train.overwrite_output_dir "
+                              f"({err.strerror or err}: {err.filename})") from None
     _check_writable(out)
 
 
@@ -84,13 +88,25 @@ def clear_staging(output_dir: str | Path) -> None:
 
 def save_error(err: OSError, what: str, output_dir: str | Path) -> TrainingError:
     """A clear message for a checkpoint that could not be written (disk full, permissions)."""
+    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return TrainingError(f"cannot write {what} in {output_dir}: {reason}. Training stopped; {_kept(output_dir)} "
+                         "(resume with train.resume=true once there is room)")
+
+
+def lost_process_error(err: Exception, step: int, output_dir: str | Path) -> TrainingError:
+    """A clear message for the ranks left when another process of the job died (killed, out of
+    memory): which one and why is in the launcher's report; what matters here is what is on disk."""
+    # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:2700: Connection reset by peer. This is ..."
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(err).strip().splitlines() or [""])[0]).split(". ")[0]
+    return TrainingError(f"another process of this job is gone ({detail or type(err).__name__}): training stopped "
+                         f"after step {step}; {_kept(output_dir)} (continue with train.resume=true)")
+
+
+def _kept(output_dir: str | Path) -> str:
     from transformers.trainer_utils import get_last_checkpoint
 
-    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
     last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    kept = f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
-    return TrainingError(f"cannot write {what} in {output_dir}: {reason}. Training stopped; {kept} "
-                         "(resume with train.resume=true once there is room)")
+    return f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
 
 
 class SignalCheckpoint(TrainerCallback):
@@ -110,14 +126,15 @@ class SignalCheckpoint(TrainerCallback):
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            self._restore()
+            self.restore()
             signal.raise_signal(signum)
             return
         self.received = signum
         print(f"\njanus-ft: {signal.Signals(signum).name} received: saving a checkpoint after this step "
               "(send it again to stop at once)", flush=True)
 
-    def _restore(self):
+    def restore(self):
+        """The handlers from before training (also after a failed one, see `sft.train`)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -133,7 +150,7 @@ class SignalCheckpoint(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
+        self.restore()
 
     def _agreed_stop(self) -> bool:
         import torch

@@ -3,7 +3,8 @@ leave to the program, done the way the Trainer will find it.
 
 janus_ft runs no engine of its own (DDP, DeepSpeed and FSDP are the Trainer's); this module only
 makes CPU ranks form a real process group, hands DeepSpeed its state there, refuses FSDP where
-accelerate cannot run it, and puts the VQ encoder on the GPU while the code cache is filled.
+accelerate cannot run it, puts the VQ encoder on the GPU while the code cache is filled, and lets
+the main process alone decide about shared files while the others wait for its verdict.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .errors import RecipeError
+from .errors import RecipeError, UserError
+
 
 @contextlib.contextmanager
 def vq_on_accelerator(model):
@@ -32,6 +34,41 @@ def vq_on_accelerator(model):
         yield
     finally:
         vq.to(home)
+
+
+def on_main_process(decide):
+    """`decide()` run by the main process alone; every rank returns its result, or raises its
+    UserError with the same message.
+
+    The other ranks wait in the broadcast while the main process works, so none of them looks at
+    files it is writing (a second rank listing a new output_dir saw the main process's write probe
+    and refused the directory, taking the whole launch down). And when the main process refuses,
+    every rank stops with its message and exit code instead of waiting at a barrier for a process
+    that has left. Anything else the main process raises is a bug: it shows its traceback and the
+    launcher ends the others.
+    """
+    state = distributed_state()
+    outcome = [None, None]   # [result, UserError]
+    if state.is_main_process:
+        try:
+            outcome[0] = decide()
+        except UserError as err:
+            outcome[1] = err
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(outcome, from_process=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def process_lost(err: Exception) -> bool:
+    """Whether `err` is a collective failing because another rank is gone: NCCL and the process
+    group's store raise torch's DistError, gloo a plain RuntimeError from its TCP transport."""
+    import torch.distributed as dist
+
+    return isinstance(err, dist.DistError) or "gloo/transport" in str(err)
 
 
 def world_size() -> int:

@@ -11,10 +11,11 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
+from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
-from .distributed import distributed_fields, distributed_state, has_accelerator, vq_on_accelerator, world_size
+from .distributed import (distributed_fields, distributed_state, has_accelerator, on_main_process, process_lost,
+                          vq_on_accelerator, world_size)
 from .errors import RecipeError, UserError
 from .images import check_images
 from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
@@ -106,7 +107,9 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         raise RecipeError(f"train: {err}") from None
 
 
-def resume_argument(recipe: Recipe):
+def resume_argument(recipe: Recipe) -> str | None:
+    """The checkpoint to resume from: train.resume_from_checkpoint, or with train.resume the last one
+    in output_dir."""
     t = recipe.train
     if t.resume_from_checkpoint:
         if not Path(t.resume_from_checkpoint).is_dir():
@@ -142,16 +145,22 @@ def read_data(recipe: Recipe) -> tuple[list, list]:
     return train_records, val_records
 
 
-def claim_output_dir(recipe: Recipe) -> None:
+def claim_output_dir(recipe: Recipe) -> str | None:
     """Refuse an output_dir holding another run (unless resuming / overwriting), then mark it as
-    this run's with its recipe."""
-    out, t = Path(recipe.output_dir), recipe.train
-    state = distributed_state()
-    check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir, state.is_main_process)
-    state.wait_for_everyone()   # every rank has looked at output_dir before the main process writes there
-    if state.is_main_process:
+    this run's with its recipe. Returns the checkpoint to resume from, if any.
+
+    The main process alone looks at output_dir and decides; the other ranks get its verdict (the
+    same checkpoint to resume from, or the same error) and never list a directory being written.
+    """
+    def claim():
+        out, t = Path(recipe.output_dir), recipe.train
+        resume_from = resume_argument(recipe)   # a missing resume_from_checkpoint is refused before any write
+        check_output_dir(out, t.resume or bool(t.resume_from_checkpoint), t.overwrite_output_dir)
         clear_staging(out)
         save_recipe(recipe, out / "recipe.yaml")
+        return resume_from
+
+    return on_main_process(claim)
 
 
 def training_schedule(recipe: Recipe, train_sets: dict) -> tuple[MixtureDataset, int, int]:
@@ -178,7 +187,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     out, t = Path(recipe.output_dir), recipe.train
     # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
     train_records, val_records = read_data(recipe)
-    claim_output_dir(recipe)
+    resume_from = claim_output_dir(recipe)
     model, processor = load_model_and_processor(recipe.model)
     fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
     train_sets = build_datasets(train_records, model, processor, recipe, fmt)
@@ -203,7 +212,7 @@ def run_sft(recipe: Recipe) -> SftResult:
         nan_policy=t.nan_policy)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
-    trainer.train(resume_from_checkpoint=resume_argument(recipe))
+    train(trainer, resume_from, stopper)
     if trainer.skipped_batches:
         print(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
@@ -218,16 +227,34 @@ def run_sft(recipe: Recipe) -> SftResult:
     return SftResult(out, trainer.model, trainer.state.log_history)
 
 
+def train(trainer, resume_from: str | None, stopper: SignalCheckpoint) -> None:
+    """`trainer.train()`, with a clear message when another process of the job is gone (killed,
+    out of memory): the collective waiting for it fails on the ranks left."""
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except RuntimeError as err:
+        if trainer.accelerator.num_processes > 1 and process_lost(err):
+            raise lost_process_error(err, trainer.state.global_step, trainer.args.output_dir) from None
+        raise
+    finally:
+        # The launcher ends the ranks left with SIGTERM: that must stop them now, not ask for a
+        # checkpoint no collective can write any more.
+        stopper.restore()
+
+
 def save_outputs(trainer, processor, out: Path) -> None:
     """The final adapter and its companions, written aside and then renamed into `out` file by file,
-    so a kill or a full disk never leaves a half-written adapter next to the checkpoints."""
-    from .checkpoint import STAGING, save_error
-    from .plot import plot_losses
-
+    so a kill or a full disk never leaves a half-written adapter next to the checkpoints. Every rank
+    returns once they are in place, or raises the main process's error."""
     staged = out / STAGING / "final"
     if not trainer.is_world_process_zero():
         trainer.save_model(str(staged))   # takes part in gathering the weights, writes nothing
-        return
+    on_main_process(lambda: _write_outputs(trainer, processor, staged, out))
+
+
+def _write_outputs(trainer, processor, staged: Path, out: Path) -> None:
+    from .plot import plot_losses
+
     try:
         trainer.save_model(str(staged))
         processor.save_pretrained(staged)

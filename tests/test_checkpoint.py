@@ -214,3 +214,17 @@ def test_check_output_dir_cases(tmp_path):
         check_output_dir(tmp_path / "file", resume=False, overwrite=False)
     with pytest.raises(RecipeError, match="cannot write there"):
         check_output_dir(tmp_path / "file" / "sub", resume=False, overwrite=False)
+
+
+def test_overwrite_that_cannot_delete_is_a_recipe_error(tmp_path, monkeypatch):
+    import janus_ft.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", refuse)
+    with pytest.raises(RecipeError, match=r"cannot empty it for train.overwrite_output_dir \(Permission denied: .*checkpoint-2\)"):
+        check_output_dir(out, resume=False, overwrite=True)

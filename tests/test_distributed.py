@@ -1,13 +1,18 @@
 """Several processes train exactly like one: DDP over gloo on CPU ranks (and DeepSpeed ZeRO-2 / ZeRO-3
 where DeepSpeed is installed) give the single process's loss curve and adapter for the same global
 batch, each rank reading its own shard of every step's block, the VQ codes encoded once in all.
-Shipped DeepSpeed and accelerate configs load; FSDP on CPU ranks is refused, not silently DDP."""
+Shipped DeepSpeed and accelerate configs load; FSDP on CPU ranks is refused, not silently DDP.
+The main process alone judges output_dir, with the window where another rank used to misjudge it
+forced open; a rank killed mid-save ends the job with a clear message and resume gives the same
+adapter as an uninterrupted run."""
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +87,7 @@ def assert_same_training(out: Path, single: Path) -> None:
     assert json.loads((out / "mixture.json").read_text()) == json.loads((single / "mixture.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path, single):
     out, stdout = torchrun(tmp_path, "ddp", [])
     assert_same_training(out, single)
@@ -91,6 +97,7 @@ def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path,
     assert counts == [("0", "16"), ("16", "0")], stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_on_two_cpu_processes_trains_like_one(tmp_path, single, stage):
     need("deepspeed")
@@ -187,3 +194,144 @@ def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     with pytest.raises(RecipeError, match="FSDP needs GPUs"):
         distributed_fields(TrainArgs(extra={"fsdp": "full_shard"}))
+
+
+# --- output_dir, checkpoints and a lost process under two ranks ------------------------------------
+
+# 6 steps, a checkpoint every 2, deterministic: every launch of it gives the same adapter.
+RUN = ["train.max_steps=6", "train.save_steps=2", "train.gradient_accumulation_steps=1", "lora.dropout=0",
+       "data.cfg_dropout=0", "data.val=[]", "train.disable_tqdm=true", "train.per_device_train_batch_size=2"]
+CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
+                    "rng_state_0.pth", "rng_state_1.pth")
+PAUSED = "test hook: the main process pauses with its write probe in output_dir"
+
+# Each rank runs this instead of `-m janus_ft.cli`: test-only code that forces a precise moment.
+HOOKS = '''
+import os, pathlib, signal, sys, time
+
+rank, hook, out = os.environ["RANK"], os.environ.get("TEST_HOOK"), os.environ["TEST_OUT"]
+if hook == "probe_window" and rank == "0":
+    # The main process sleeps with its write probe in output_dir (the window where a rank listing
+    # the directory finds it not empty) ...
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name.startswith(".janus-ft-write-test-"):
+            pathlib.Path(out + ".probe-written").touch()
+            print("PAUSED", flush=True)
+            time.sleep(2)
+        return real_unlink(self, *args, **kwargs)
+
+    pathlib.Path.unlink = unlink
+elif hook == "probe_window":
+    # ... and any other rank that looks at output_dir first waits for that window: a rank judging
+    # output_dir by itself would see the probe every time, not once in a while.
+    def after_probe(look):
+        def wrapped(path, *args, **kwargs):
+            if isinstance(path, (str, os.PathLike)) and os.path.abspath(path) == out:
+                deadline = time.time() + 30
+                while not os.path.exists(out + ".probe-written") and time.time() < deadline:
+                    time.sleep(0.01)
+            return look(path, *args, **kwargs)
+        return wrapped
+
+    os.stat, os.listdir, os.scandir = after_probe(os.stat), after_probe(os.listdir), after_probe(os.scandir)
+if hook == "kill_mid_save" and rank == "1":
+    # Rank 1 dies by SIGKILL in the middle of checkpoint-4: rank 0 has written the adapter into
+    # staging, rank 1's optimizer step and RNG state never come.
+    from janus_ft.trainer import JanusTrainer
+    real_save = JanusTrainer._save_optimizer_and_scheduler
+
+    def save(self, output_dir):
+        if self.state.global_step == 4:
+            pathlib.Path(out + ".killed").write_text(str(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(self, output_dir)
+
+    JanusTrainer._save_optimizer_and_scheduler = save
+from janus_ft.cli import main
+sys.exit(main(sys.argv[1:]))
+'''.replace("PAUSED", PAUSED)
+
+
+def launch(out: Path, overrides: list[str], hook: str | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2` of `janus-ft sft` on the demo recipe into `out`, each rank
+    running `HOOKS` first; the run is returned whatever its exit code."""
+    launcher = out.parent / "hooks.py"
+    launcher.write_text(HOOKS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+           "sft", "--recipe", str(DEMO), *RUN, *overrides, f"output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TEST_OUT": str(out), "TEST_HOOK": hook or ""}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def complete(checkpoint: Path) -> bool:
+    return all((checkpoint / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    assert x.keys() == y.keys()
+    for key in x:
+        assert torch.allclose(x[key], y[key], atol=1e-6), key
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_dir) -> Path:
+    """Two ranks into a new output_dir, the main process pausing with its write probe there."""
+    out = tmp_path_factory.mktemp("first") / "run"
+    run = launch(out, [], hook="probe_window")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    assert PAUSED in run.stdout   # the window was open: the test did not pass by luck
+    return out
+
+
+@pytest.mark.slow
+def test_a_new_output_dir_is_judged_by_the_main_process_alone(first_run):
+    names = sorted(p.name for p in first_run.iterdir())
+    assert not [n for n in names if n.startswith(".")], names   # no probe, no staging left
+    assert {"adapter_model.safetensors", "recipe.yaml", "mixture.json", "trainer_state.json"} <= set(names)
+    assert all(complete(first_run / f"checkpoint-{step}") for step in (2, 4, 6))
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_an_earlier_run_with_the_same_result(first_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(first_run, out)
+    (out / "notes.txt").write_text("mine")
+    run = launch(out, ["train.overwrite_output_dir=true"], hook="probe_window")
+    assert run.returncode == 0 and PAUSED in run.stdout, run.stdout[-3000:] + run.stderr[-6000:]
+    assert not (out / "notes.txt").exists()
+    assert_same_adapter(first_run, out)
+
+
+@pytest.mark.slow
+def test_a_refused_output_dir_stops_every_rank_with_the_same_message(tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run = launch(out, [])
+    message = f"janus-ft sft: error: output_dir {out} is not empty: it holds other files (notes.txt)"
+    assert run.returncode != 0 and run.stderr.count(message) == 2, run.stderr[-6000:]   # once per rank
+    assert "exitcode  : 2" in run.stderr and not re.search(r"\[rank\d\]: Traceback", run.stderr)   # no rank's traceback
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_ends_the_job_and_resume_gives_the_same_adapter(first_run, tmp_path):
+    out = tmp_path / "run"
+    run = launch(out, [], hook="kill_mid_save")
+    ended = time.time()
+    log = run.stdout + run.stderr
+    assert run.returncode != 0 and "Signal 9 (SIGKILL) received" in log, log[-6000:]
+    assert ended - float((tmp_path / "run.killed").read_text()) < 15   # measured: 1 to 4 s on 2 busy cores
+    assert "janus-ft sft: error: another process of this job is gone (" in log, log[-6000:]
+    assert not re.search(r"\[rank\d\]: Traceback", log)
+    assert f"training stopped after step 4; the last complete checkpoint, {out / 'checkpoint-2'}, is intact" in log
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"] and complete(out / "checkpoint-2")
+
+    run = launch(out, ["train.resume=true"])
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    assert not (out / ".staging").exists()
+    assert_same_adapter(first_run, out)
+    assert_same_adapter(first_run / "checkpoint-4", out / "checkpoint-4")
