@@ -61,8 +61,9 @@ def trained(shapes, tmp_path_factory, tiny_dir):
     recipe = load_recipe(None, [
         f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
-        # 150 steps: held-out accuracy 0.95-1.00 over 5 seeds x 1|2 threads (70 steps gave 0.75-0.78
-        # on some machines and seeds, under the 0.85 this test asks for).
+        # 150 steps: held-out accuracy (and greedy exact match) 0.95-1.00 over train.seed 1, 2, 3, 7, 42
+        # x 1|2 threads and a second data seed (70 steps gave 0.75-0.78 on some machines and seeds,
+        # under the 0.85 this test asks for).
         "train.max_steps=150", "train.learning_rate=5e-3", "train.per_device_train_batch_size=8",
         "train.lr_scheduler_type=constant", "train.save_steps=75", "train.logging_steps=5",
         "train.disable_tqdm=true", "data.max_length=256"])
@@ -227,8 +228,9 @@ def test_learns_to_generate_a_captioned_set(trained_generation, subjects, tiny_m
     print(f"held-out code NLL {before_nll:.2f} -> {after_nll:.2f} nats/token; "
           f"CFG samples matching trained codes {before:.3f} -> {after:.3f}")
     assert before_nll > 5.0                     # about ln(256) = 5.55: the base knows nothing
-    assert after_nll < 0.7 * before_nll         # held-out shots: measured 5.72 -> 2.93
-    assert before < 0.02 and after > 5 * max(before, 0.01)   # measured 0.002 -> 0.115
+    # measured over train.seed 1, 2, 3 x 1|2 threads: NLL ratio 0.55-0.56, CFG match 0.002 -> 0.12-0.18
+    assert after_nll < 0.7 * before_nll
+    assert before < 0.02 and after > 5 * max(before, 0.01)
 
 
 def test_eval_compare_base_reports_what_training_did(trained, shapes, trained_generation, subjects, tmp_path):
