@@ -3,7 +3,7 @@ trainer consumes."""
 
 import pytest
 
-from janus_ft.mixture import block_counts, build_schedule
+from janus_ft.data.mixture import block_counts, build_schedule
 
 
 @pytest.mark.parametrize("global_batch", [10, 4, 3, 16])

@@ -8,10 +8,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from janus_ft.loss import compute_loss_parts, core_model
-from janus_ft.model import COMPONENT_PATHS, apply_lora, trainable_table
+from janus_ft.janus import COMPONENT_PATHS
+from janus_ft.model.lora import apply_lora, trainable_table
+from janus_ft.model.loss import compute_loss_parts, core_model
 from janus_ft.recipe import LoraArgs, load_recipe
-from janus_ft.sft import sft_config
+from janus_ft.train.sft import sft_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,8 +59,8 @@ def test_trainable_parameters_are_exactly_the_selection(tiny_model, targets, ful
 
 def mixed_batch(processor, n_per_task: int = 2) -> dict:
     """Understanding (with images), text and generation samples from the bundled data, padded."""
-    from janus_ft.collate import collate
-    from janus_ft.dataset import JanusDataset, load_records
+    from janus_ft.data.collate import collate
+    from janus_ft.data.dataset import JanusDataset, load_records
 
     samples_dir = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
     records = []

@@ -17,7 +17,6 @@ synchronisation at each boundary so GPU work is charged to the stage that launch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
@@ -37,37 +36,18 @@ BASELINE = "janus-ft"
 COMPARISONS = {"bare": "bare", "cache": "reencode", "checkpointing": "checkpointing"}
 
 
-def configure(parser) -> None:
-    from .tiny import SIZE_PRESETS
-
-    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
-    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (default 5)")
-    parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured (default 1)")
-    parser.add_argument("--compare", action="append", choices=list(COMPARISONS), default=[],
-                        help="add a variant side by side: bare | cache | checkpointing (repeatable)")
-    parser.add_argument("--random-model", choices=list(SIZE_PRESETS), default=None,
-                        help="instead of model.path, a random model of this real size (built once, no download)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run the variants N times, reversing their order every other round (A B, B A, ...), "
-                             "so a machine that gets busier or quieter favours none of them")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run all variants in this process (faster to start, but later variants find "
-                             "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--variant", help=argparse.SUPPRESS)            # set for a child process
-    parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
-
-
-def run(args) -> int:
-    from .errors import RecipeError
-    from .recipe import load_recipe
+def benchmark(args) -> dict:
+    """Run the variants `args` names (from `janus-ft bench`) and return the report."""
+    from ..errors import RecipeError
+    from ..recipe import load_recipe
 
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         raise RecipeError("--steps and --rounds must be >= 1, --warmup >= 0")
     recipe = load_recipe(args.recipe, args.overrides)
     if args.random_model:
         recipe.model.path = str(random_model_path(args.random_model))
+    from ..tiny import ensure_tiny
+    ensure_tiny(recipe.model.path)
     variants = [args.variant] if args.variant else variant_names(args.compare)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(recipe)
@@ -87,11 +67,7 @@ def run(args) -> int:
                         "quantization": recipe.model.quantization, "random_model": args.random_model},
               "steps": args.steps, "warmup": args.warmup, "compute_dtype": str(dtype).replace("torch.", ""),
               "peak_matmul_flops": peak, "variants": results}
-    print(format_table(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report
 
 
 def variant_names(compare: list[str]) -> list[str]:
@@ -110,11 +86,13 @@ def compute_dtype(recipe) -> torch.dtype:
 
 def random_model_path(preset: str) -> Path:
     """A random Janus of a real model's size, written once (bf16) under $JANUS_FT_CACHE."""
-    from .tiny import build_processor, build_tokenizer, generation_config, sized_config
     from transformers import JanusForConditionalGeneration
 
-    root = Path(os.environ.get("JANUS_FT_CACHE", Path.home() / ".cache" / "janus_ft"))
-    target = root / f"random-{preset}"
+    from ..files import cache_root
+    from ..janus import generation_config
+    from ..tiny import build_processor, build_tokenizer, sized_config
+
+    target = cache_root() / f"random-{preset}"
     if (target / "janus_ft_random.json").exists():
         return target
     tokenizer = build_tokenizer("janus-pro")
@@ -138,10 +116,10 @@ class Setup:
     with the first loaded model, which the first variant then trains."""
 
     def __init__(self, recipe):
-        from .conversation import detect_format
-        from .dataset import require_tasks
-        from .model import load_model_and_processor
-        from .sft import build_datasets, read_data
+        from ..data.conversation import detect_format
+        from ..data.dataset import build_datasets, require_tasks
+        from ..model.loading import load_model_and_processor
+        from ..train.sft import read_data
 
         records, _ = read_data(recipe)
         self.model, self.processor = load_model_and_processor(recipe.model)
@@ -152,16 +130,16 @@ class Setup:
         require_tasks(self.train_sets, recipe.data.mix)
 
     def take_model(self, recipe):
-        from .model import load_model_and_processor
+        from ..model.loading import load_model_and_processor
 
         model, self.model = self.model, None
         return model if model is not None else load_model_and_processor(recipe.model)[0]
 
 
 def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak: float) -> dict:
-    from .collate import JanusCollator
-    from .model import apply_lora
-    from .sft import sft_config, training_schedule
+    from ..data.collate import JanusCollator
+    from ..model.lora import apply_lora
+    from ..train.sft import sft_config, training_schedule
     from .throughput import FlopModel, PeakMemory, StepTimer, summarize
 
     recipe = copy.deepcopy(recipe)
@@ -198,7 +176,7 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
 def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None) -> None:
     from transformers import TrainerCallback
 
-    from .trainer import JanusTrainer
+    from ..train.trainer import JanusTrainer
 
     class TimedTrainer(JanusTrainer):
         """JanusTrainer with a stopwatch on its data, forward and backward stages."""
@@ -248,7 +226,7 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
     """The same training with nothing but PyTorch: what the framework is measured against."""
     from transformers import get_scheduler
 
-    from .loss import compute_loss_parts, core_model
+    from ..model.loss import compute_loss_parts, core_model
 
     device = torch.device(args.device)
     if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
@@ -292,7 +270,7 @@ class Reencoder:
     code cache must every step (the image is found from its cached codes; the codes must agree)."""
 
     def __init__(self, model, datasets):
-        from .loss import core_model
+        from ..model.loss import core_model
 
         gen = datasets.get("generation")
         self.paths = {tuple(c): p for p, c in (gen.codes or {}).items()} if gen is not None else {}
@@ -303,8 +281,12 @@ class Reencoder:
     def __call__(self, batch: dict) -> dict:
         from PIL import Image
 
-        from .loss import target_masks
-        from .vq import encode_images, generation_image_size, preprocess_generation_image
+        from ..data.vq import (
+            encode_images,
+            generation_image_size,
+            preprocess_generation_image,
+        )
+        from ..model.loss import target_masks
 
         _, gen = target_masks(batch, self.image_token_id)
         if not gen.any():

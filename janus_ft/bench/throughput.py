@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loss import core_model, target_masks
-from .model import component_of
+from ..model.lora import component_of
+from ..model.loss import core_model, target_masks
 
 STAGES = ("data", "vq_encode", "forward", "backward", "optimizer")
 
@@ -50,7 +50,7 @@ def batch_stats(batch: dict, image_token_id: int) -> dict[str, int]:
     """Counts for one collated batch (padded or packed).
 
     >>> import torch
-    >>> from janus_ft.collate import collate
+    >>> from janus_ft.data.collate import collate
     >>> b = collate([{"input_ids": torch.tensor([1, 5, 6]), "labels": torch.tensor([-100, 5, 6]), "task": 0},
     ...              {"input_ids": torch.tensor([1, 8]), "labels": torch.tensor([-100, 8]), "task": 0}], pad_id=2)
     >>> s = batch_stats(b, image_token_id=99)

@@ -11,14 +11,16 @@ import json
 import sys
 from collections import Counter
 
-from .conversation import detect_format, render, render_text
-from .dataset import JanusDataset, load_records
-from .errors import BadRecord, UserError
-from .images import check_images
-from .tokens import IGNORE_INDEX
+from ..data.conversation import detect_format, render, render_text
+from ..data.dataset import JanusDataset, load_records
+from ..data.images import check_images
+from ..errors import BadRecord, UserError
+from ..janus import IGNORE_INDEX
 
 # Marks around supervised text in the human-readable preview.
 OPEN, CLOSE = "\x1b[1;32m[[", "]]\x1b[0m"
+
+from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:
@@ -45,7 +47,7 @@ def run(args) -> int:
 def _processor(model_path: str):
     from transformers import JanusProcessor
 
-    from .model import resolve_model_path
+    from ..model.loading import resolve_model_path
     try:
         return JanusProcessor.from_pretrained(resolve_model_path(model_path))
     except (OSError, ValueError) as err:
@@ -55,7 +57,7 @@ def _processor(model_path: str):
 def check(args) -> int:
     files, model, max_length, cache_dir = list(args.files), args.model, args.max_length, None
     if args.recipe:
-        from .recipe import load_recipe
+        from ..recipe import load_recipe
         recipe = load_recipe(args.recipe)
         files += [s.path for s in recipe.data.train + recipe.data.val]
         model = model or recipe.model.path
@@ -70,6 +72,7 @@ def check(args) -> int:
     print(f"{len(records)} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in
                                                           ("understanding", "text", "generation")))
     if model and not errors:
+        ensure_tiny(model)
         _report_lengths(records, model, max_length or 2048)
         _report_cache(records, model, cache_dir)
     for err in errors[:50]:
@@ -103,8 +106,8 @@ def _report_cache(records, model_path: str, cache_dir) -> None:
 
     from transformers import JanusForConditionalGeneration
 
-    from .model import resolve_model_path
-    from .vq import CacheKey, CodeCache, generation_image_size, vq_fingerprint
+    from ..data.vq import CacheKey, CodeCache, generation_image_size, vq_fingerprint
+    from ..model.loading import resolve_model_path
 
     model = JanusForConditionalGeneration.from_pretrained(resolve_model_path(model_path))
     cache, fingerprint, size = CodeCache(cache_dir), vq_fingerprint(model), generation_image_size(model)
@@ -114,6 +117,7 @@ def _report_cache(records, model_path: str, cache_dir) -> None:
 
 
 def preview(args) -> int:
+    ensure_tiny(args.model)
     processor = _processor(args.model)
     fmt = args.format or detect_format(processor)
     records = load_records([args.file])[: args.limit]

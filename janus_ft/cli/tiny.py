@@ -11,7 +11,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from .tiny import build_tiny
+    from ..tiny import build_tiny
 
     out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed)
     print(f"wrote tiny Janus ({args.format}) to {out}")

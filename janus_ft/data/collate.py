@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .tokens import IGNORE_INDEX
+from ..janus import IGNORE_INDEX
 
 
 def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Conversation: a `Record` -> the exact Janus prompt text, split into supervised / unsupervised pieces.
 
-The rendering follows reference/janus.md section 3 and lays image parts out the way the
-checkpoint's chat template does, so a training prompt is the inference prompt token for token:
+The rendering follows Janus's conversation format (docs/janus.md) and lays image parts out the way
+the checkpoint's chat template does, so a training prompt is the inference prompt token for token:
 
     [{system}\\n\\n]{R_u}: {user}\\n\\n{R_a}: {assistant}<EOS>{R_u}: ...\\n\\n{R_a}:
 
@@ -13,28 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .records import IMAGE_TAG, Record
-
-# transformers' JanusProcessor prepends this (with the "\n\n" separator) at inference.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. You are able to understand the visual content "
-    "that the user provides, and assist the user with a variety of tasks using natural language."
+from ..janus import (
+    DEFAULT_SYSTEM_PROMPT,
+    EOS,
+    FORMATS,
+    IMAGE_PLACEHOLDER,
+    IMAGE_TAG,
+    Format,
 )
-IMAGE_PLACEHOLDER = "<image_placeholder>"
-EOS = "<｜end▁of▁sentence｜>"  # for display only: token ids always come from the tokenizer
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    user: str
-    assistant: str
-
-
-FORMATS = {
-    "janus-pro": Format("janus-pro", "<|User|>", "<|Assistant|>"),
-    "janus": Format("janus", "User", "Assistant"),   # Janus-1.3B and JanusFlow
-}
+from .records import Record
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 
+from ..errors import BadRecord, UserError
+from ..janus import TASK_IDS, SpecialIds
+from ..recipe import Recipe
 from .conversation import render
-from .errors import BadRecord, UserError
 from .images import open_rgb, pixel_values
 from .records import Record, parse_line, read_lines, read_records
-from .tokens import SpecialIds, drop_condition, encode
+from .tokens import drop_condition, encode
 
-TASK_IDS = {"text": 0, "understanding": 1, "generation": 2}
-TASK_NAMES = {v: k for k, v in TASK_IDS.items()}
+logger = get_logger(__name__)
+
 
 
 def load_records(paths, errors: list | None = None) -> list[Record]:
@@ -112,3 +115,51 @@ def require_tasks(datasets: dict[str, "JanusDataset | list"], mix: dict[str, flo
         if ratio > 0 and (task not in datasets or len(datasets[task]) == 0):
             raise UserError(f"data.mix gives task '{task}' ratio {ratio} but no {task} records were found "
                             f"in data.train (set its ratio to 0 or add {task} data)")
+
+
+def read_sources(sources) -> list:
+    """Every record of the given sources, validated (raises on the first bad one)."""
+    records = []
+    for src in sources:
+        recs = load_records([src.path])
+        records += recs[: src.max_samples] if src.max_samples else recs
+    return records
+
+
+def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
+    """One dataset per task; generation images VQ-encoded once (and cached on disk)."""
+    from accelerate import PartialState
+
+    PartialState()   # the process's state (set up first by training's launcher code) for rank-aware logs
+    by_task: dict[str, list] = {}
+    for rec in records:
+        by_task.setdefault(rec.task, []).append(rec)
+    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
+    d = recipe.data
+    datasets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
+                for task, recs in by_task.items()}
+    for task, ds in datasets.items():
+        if ds.dropped:
+            first = ds.dropped[0]
+            logger.warning(f"dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
+                           f"{d.max_length} tokens (first: {first.source}:{first.line})")
+    return datasets
+
+
+def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
+    """Codes for every generation target, encoded once per image and cached on disk. The main
+    process encodes first, so other ranks only read the cache."""
+    if not records:
+        return {}
+    from accelerate import PartialState
+
+    from .vq import CodeCache, codes_for_files, vq_on_accelerator
+
+    paths = sorted({str(r.images[0]) for r in records})
+    cache = CodeCache(cache_dir)
+    with PartialState().main_process_first(), vq_on_accelerator(model):
+        codes = codes_for_files(model, paths, cache)
+    # Per rank on purpose: each rank says whether it encoded or read the main process's cache.
+    logger.info(f"VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded",
+                main_process_only=False)
+    return {p: c.tolist() for p, c in zip(paths, codes)}

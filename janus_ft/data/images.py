@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import BadRecord
+from ..errors import BadRecord
 from .records import brief
 
 # Far above any real training image (a 16k x 16k photo), far below a decompression bomb. PIL's own

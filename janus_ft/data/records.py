@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BadRecord
+from ..errors import BadRecord
+from ..janus import IMAGE_TAG, IMAGE_TOKENS, TASKS
 
-IMAGE_TAG = "<image>"
-TASKS = ("text", "understanding", "generation")
-# Janus's image tokens: typed into text they would be tokenized as the real ones, putting image
-# positions where no image (or target) is and desynchronising features from placeholders.
-RESERVED = ("<image_placeholder>", "<begin_of_image>", "<end_of_image>")
 BOM = "\ufeff"
 # A lone surrogate: JSON's "\ud800" escapes decode to one, and tokenizers (and UTF-8) reject it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -141,7 +137,7 @@ def _string(obj: dict, key: str, bad, allow_empty: bool = True) -> str:
 def _check_text(text: str, fld: str, bad, reserved: bool = True) -> None:
     if _SURROGATE.search(text):
         raise bad(fld, "contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), not valid text")
-    for token in RESERVED if reserved else ():
+    for token in IMAGE_TOKENS if reserved else ():
         if token in text:
             raise bad(fld, f"contains {token}, a token Janus reserves for image data; mark an image's "
                       f"position with {IMAGE_TAG}")

@@ -3,35 +3,13 @@
 One label convention for the whole project: labels are aligned with input_ids (the model shifts),
 `IGNORE_INDEX` everywhere nothing is learned. Generation targets are the VQ codes themselves,
 placed at the image-token positions: position t's hidden state predicts label t+1, so the
-`<begin_of_image>` position predicts image token 0 (reference/janus.md section 4).
+`<begin_of_image>` position predicts image token 0 (docs/janus.md, loss masking).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .conversation import IMAGE_PLACEHOLDER, Piece
-
-IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids read from the checkpoint's tokenizer: they differ between checkpoints (pad is 100002 in
-    Janus-Pro-1B, 100015 in Pro-7B), so nothing in janus_ft hard-codes them."""
-
-    bos: int
-    eos: int
-    pad: int
-    image: int
-    boi: int
-    eoi: int
-
-    @classmethod
-    def from_tokenizer(cls, tok) -> "SpecialIds":
-        ids = tok.convert_tokens_to_ids
-        return cls(bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id,
-                   image=ids(IMAGE_PLACEHOLDER), boi=ids("<begin_of_image>"), eoi=ids("<end_of_image>"))
+from ..janus import IGNORE_INDEX, SpecialIds
+from .conversation import Piece
 
 
 def encode(pieces: list[Piece], tokenizer, special: SpecialIds, num_image_tokens: int,

@@ -13,6 +13,7 @@ Two facts drive this module:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from janus_ft.errors import UserError
-from janus_ft.images import UnreadableImage, check_file, decode, to_rgb
+from ..errors import UserError
+from ..files import cache_root
+from .images import UnreadableImage, check_file, decode, to_rgb
 
 _SEARCH_ROWS = 4096  # latent vectors per distance matrix: 4096 x 16384 floats = 256 MiB at most
 
@@ -170,9 +172,8 @@ class CacheKey(NamedTuple):
 
 
 def default_cache_dir() -> Path:
-    """`$JANUS_FT_CACHE/vq_codes`, else `~/.cache/janus_ft/vq_codes` (the tiny model's root too)."""
-    root = os.environ.get("JANUS_FT_CACHE") or Path.home() / ".cache" / "janus_ft"
-    return Path(root) / "vq_codes"
+    """`$JANUS_FT_CACHE/vq_codes`, else `~/.cache/janus_ft/vq_codes`."""
+    return cache_root() / "vq_codes"
 
 
 class CodeCache:
@@ -276,3 +277,22 @@ def codes_for_files(model, paths: Sequence[str | Path], cache: CodeCache | None 
     if pending:
         flush()
     return out
+
+
+@contextlib.contextmanager
+def vq_on_accelerator(model):
+    """The model is still on the CPU while datasets are built (the Trainer places it later); the
+    VQ encoder alone (72M parameters in Janus-Pro) goes to this rank's GPU for the cache misses,
+    seconds instead of minutes for a few thousand 384-px targets, and comes back afterwards."""
+    from accelerate import PartialState
+
+    vq = find_vq_model(model)
+    home = next(vq.parameters()).device
+    if not torch.cuda.is_available() or home.type != "cpu":
+        yield
+        return
+    vq.to(PartialState().device)
+    try:
+        yield
+    finally:
+        vq.to(home)

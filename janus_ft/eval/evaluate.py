@@ -20,18 +20,18 @@ from pathlib import Path
 
 import torch
 
-from .chat import Decoding, answer_batch
-from .collate import collate
-from .dataset import TASK_NAMES, JanusDataset
-from .errors import UserError
-from .generate import contact_sheet, sample_codes
-from .inference import adapter_base, attach_adapter, load_base, load_processor, resolve_format, to_model
-from .loss import compute_loss_parts
+from ..data.collate import collate
+from ..data.dataset import JanusDataset, build_datasets, read_sources
+from ..data.vq import decode_codes_to_pil
+from ..errors import UserError
+from ..infer.chat import Decoding, answer_batch
+from ..infer.generate import contact_sheet, sample_codes
+from ..infer.prompts import resolve_format, to_model
+from ..janus import IGNORE_INDEX, TASK_NAMES
+from ..model.loading import attach_adapter, load_base, load_processor
+from ..model.loss import compute_loss_parts
+from ..recipe import DataSource
 from .metrics import mean_nll, perplexity, text_scores
-from .recipe import DataSource, load_recipe
-from .sft import build_datasets, read_sources
-from .tokens import IGNORE_INDEX
-from .vq import decode_codes_to_pil
 
 TEXT_METRICS = ("exact_match", "cer", "edit_distance")
 MAX_SAMPLES = 4
@@ -42,41 +42,6 @@ class EvalSettings:
     max_new_tokens: int = 128   # longest greedy answer
     cfg: float = 5.0            # guidance scale of the sample grids
     seed: int = 0               # caption i of the grid is sampled with seed + i
-
-
-def configure(parser) -> None:
-    parser.add_argument("--recipe", required=True, help="the recipe the adapter was trained with")
-    parser.add_argument("--adapter", help="LoRA adapter directory (default: evaluate the base model only)")
-    parser.add_argument("--data", action="append", metavar="FILE.jsonl",
-                        help="validation file(s) to use instead of the recipe's data.val")
-    parser.add_argument("--compare-base", action="store_true", help="also evaluate the base model, side by side")
-    parser.add_argument("--output", metavar="DIR", help="report directory (default: ADAPTER/eval, "
-                        "or OUTPUT_DIR/eval-base without an adapter)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest greedy answer in tokens")
-    parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale of the sample grids")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample grids")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
-
-
-def run(args) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
-    sources = [DataSource(path=p) for p in args.data] if args.data else recipe.data.val
-    if not sources:
-        raise UserError("nothing to evaluate: the recipe's data.val is empty; pass --data FILE.jsonl")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.compare_base and not args.adapter:
-        raise UserError("--compare-base needs --adapter (the base alone is what runs without one)")
-    if args.adapter:
-        adapter_base(args.adapter)  # fail before minutes of base evaluation, not after
-    default = Path(args.adapter) / "eval" if args.adapter else Path(recipe.output_dir) / "eval-base"
-    out = Path(args.output) if args.output else default
-    settings = EvalSettings(args.max_new_tokens, args.cfg, args.seed)
-    report, grids = evaluate(recipe, sources, args.adapter, args.compare_base, settings)
-    write_report(report, grids, out)
-    print(markdown(report))
-    print(f"janus-ft eval: eval.json and eval.md in {out}")
-    return 0
 
 
 def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, compare_base: bool = False,

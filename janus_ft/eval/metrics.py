@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..janus import IGNORE_INDEX
 
 # A LaTeX control word (`\frac`), a control symbol (`\{`, `\\`), or any other single non-space char.
 _LATEX_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|\S", re.DOTALL)

@@ -13,8 +13,11 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import UserError
-from .tiny import BOI, EOI, IMAGE, PAD, PRO_ASSISTANT, PRO_USER, chat_template, generation_config
+from ..errors import UserError
+from ..janus import BOI, EOI, FORMATS, PAD, chat_template, generation_config
+from ..janus import IMAGE_PLACEHOLDER as IMAGE
+
+PRO_USER, PRO_ASSISTANT = FORMATS["janus-pro"].user, FORMATS["janus-pro"].assistant
 
 _JANUS_13B_ROLES = ("User", "Assistant")
 
@@ -98,7 +101,9 @@ def pick_chat_template(source: Path, tokenizer, fmt: str) -> tuple[str, list[str
 
 def _native_processor(source: Path, tokenizer, template: str, vision_config):
     from transformers import JanusProcessor
-    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+    from transformers.models.janus.image_processing_pil_janus import (
+        JanusImageProcessorPil,
+    )
 
     # VLMImageProcessor fields; its defaults where the file is absent (Janus ships mean = std = 0.5).
     pre = read_json(source / "preprocessor_config.json")

@@ -8,7 +8,7 @@ classifier-free-guidance defaults `janus-ft generate` and Janus's own inference 
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import re
 import shutil
@@ -17,28 +17,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
+
+# Merging runs in one process (no ranks to tell apart): the standard library's logger.
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SIZE_UNITS = {"": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-
-
-def configure(parser) -> None:
-    parser.add_argument("--adapter", required=True, help="adapter directory written by `janus-ft sft`")
-    parser.add_argument("--output", required=True, help="directory for the merged checkpoint")
-    parser.add_argument("--base", default=None,
-                        help="base checkpoint (default: the adapter's base_model_name_or_path, else its recipe's model.path)")
-    parser.add_argument("--dtype", choices=list(_DTYPES), default=None,
-                        help="dtype of the saved weights (default: float32, the dtype the merge runs in)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-
-
-def run(args) -> int:
-    out = merge_adapter(args.adapter, args.output, base=args.base, dtype=args.dtype,
-                        max_shard_size=args.max_shard_size, overwrite=args.overwrite)
-    print(f"janus-ft merge: merged checkpoint in {out}")
-    return 0
 
 
 def merge_adapter(adapter_dir, output_dir, base: str | None = None, dtype: str | None = None,
@@ -48,7 +33,9 @@ def merge_adapter(adapter_dir, output_dir, base: str | None = None, dtype: str |
     shard_bytes = _shard_bytes(max_shard_size)
     if dtype is not None and dtype not in _DTYPES:
         raise UserError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    base_path = resolve_base(adapter, base)
+    from ..model.loading import resolve_model_path
+
+    base_path = resolve_model_path(base_name(adapter, base))
     _check_output(out, adapter, base_path, overwrite)
 
     model, processor = merged_model(adapter, base_path)
@@ -65,29 +52,32 @@ def merge_adapter(adapter_dir, output_dir, base: str | None = None, dtype: str |
     return out
 
 
-def resolve_base(adapter: Path, base: str | None) -> str:
-    """`--base`, else the adapter's recorded base if it is still there, else the recipe's model.path.
+def base_name(adapter: Path, base: str | None) -> str:
+    """`--base`, else the adapter's recorded base if it is still there, else the recipe's model.path
+    (as written: `tiny` stays `tiny`).
 
     sft records the *resolved* path (for `model.path: tiny`, a cache directory), which may be gone
-    on another machine; the recipe's `tiny` rebuilds it. A hub id is passed on as it is.
+    on another machine; the recipe's `tiny` names the tiny model again. A hub id is passed on as it is.
     """
-    if not adapter.is_dir():
-        raise UserError(f"adapter directory not found: {adapter}")
-    config_file = adapter / "adapter_config.json"
-    if not config_file.is_file():
-        raise UserError(f"{adapter} has no adapter_config.json: is it an adapter written by `janus-ft sft`?")
-    from .model import resolve_model_path
+    from ..model.loading import adapter_base
 
+    if not Path(adapter).is_dir():
+        raise UserError(f"adapter directory not found: {adapter}")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"{adapter} has no adapter_config.json: is it an adapter written by `janus-ft sft`?")
     if base:
-        return resolve_model_path(base)
-    named = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        return base
+    try:
+        named = adapter_base(adapter)
+    except UserError:
+        named = None
     if named and Path(named).is_dir():
         return named
-    recipe_file = adapter / "recipe.yaml"
+    recipe_file = Path(adapter) / "recipe.yaml"
     if recipe_file.is_file():
         recipe_path = ((yaml.safe_load(recipe_file.read_text()) or {}).get("model") or {}).get("path")
         if recipe_path:
-            return resolve_model_path(recipe_path)
+            return recipe_path
     if named:
         return named
     raise UserError(f"{adapter}: no base model recorded; pass --base PATH")
@@ -112,7 +102,7 @@ def merged_model(adapter: Path, base_path: str):
     # A tied base whose embeddings or lm_head were trained fully (modules_to_save: [llm]) now has two
     # different matrices; saving it tied would silently drop the trained lm_head.
     if tied and not torch.equal(model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-        print("janus-ft merge: lm_head was trained apart from the input embeddings; saving them untied")
+        logger.warning("lm_head was trained apart from the input embeddings; saving them untied")
         model.config.tie_word_embeddings = False
     has_processor = any((adapter / f).is_file() for f in ("processor_config.json", "tokenizer_config.json"))
     processor = JanusProcessor.from_pretrained(str(adapter) if has_processor else base_path)
@@ -125,7 +115,7 @@ def merged_model(adapter: Path, base_path: str):
 def _fill_generation_config(gen, tokenizer) -> None:
     """Keep what the base's generation config says; fill the CFG defaults it lacks from the
     tokenizer (pad ids differ between Janus checkpoints: reference/janus.md section 3)."""
-    from .tiny import generation_config
+    from ..janus import generation_config
 
     defaults = generation_config(tokenizer)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "guidance_scale"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 # Written by `--to deepseek` (see janus_ft.convert's docstring for why).
 CODEBOOK_USED = "gen_vision_model.quantize.codebook_used"

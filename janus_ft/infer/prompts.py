@@ -9,92 +9,17 @@ from its chat template).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
-from .conversation import detect_format, render
-from .errors import UserError
-from .images import open_rgb, pixel_values
-from .model import _DTYPES, resolve_model_path
-from .records import IMAGE_TAG, Record
-from .tokens import SpecialIds, encode
+from ..data.conversation import detect_format, render
+from ..data.images import open_rgb, pixel_values
+from ..data.records import IMAGE_TAG, Record
+from ..data.tokens import encode
+from ..errors import UserError
+from ..janus import SpecialIds
 
 # Files a processor directory has (transformers 5 keeps the image processor in processor_config.json).
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def adapter_base(adapter: str | Path) -> str:
-    """The base model an adapter was trained on, from its `adapter_config.json`."""
-    config = Path(adapter) / "adapter_config.json"
-    if not config.is_file():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json there (not a PEFT adapter directory)")
-    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{config} names no base_model_name_or_path: pass the base with --model")
-    return base
-
-
-def has_processor(path: str | Path) -> bool:
-    path = Path(path)
-    return (path / "tokenizer_config.json").is_file() and any((path / f).is_file() for f in _PROCESSOR_FILES)
-
-
-def load_base(model_path: str, dtype: str = "float32"):
-    """A `JanusForConditionalGeneration` in eval mode on the best device, or a UserError."""
-    from transformers import JanusForConditionalGeneration
-
-    if dtype not in _DTYPES:
-        raise UserError(f"--dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
-    path = resolve_model_path(model_path)
-    try:
-        model = JanusForConditionalGeneration.from_pretrained(path, dtype=_DTYPES[dtype])
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a Janus checkpoint from {model_path!r}: {err}") from None
-    return model.to(device()).eval()
-
-
-def attach_adapter(model, adapter: str | Path):
-    """Wrap `model` with a LoRA adapter exactly as a user would: plain `PeftModel.from_pretrained`."""
-    from peft import PeftModel
-
-    adapter_base(adapter)  # a clear error for a directory that is not an adapter
-    try:
-        return PeftModel.from_pretrained(model, str(adapter)).eval()
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"--adapter {adapter}: cannot load it onto this base model: {err}") from None
-
-
-def load_processor(model_path: str, adapter: str | Path | None = None):
-    """From the adapter directory when it carries processor files (`janus-ft sft` saves them there),
-    else from the base."""
-    from transformers import JanusProcessor
-
-    source = adapter if adapter is not None and has_processor(adapter) else resolve_model_path(model_path)
-    try:
-        return JanusProcessor.from_pretrained(str(source))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot load a Janus processor from {source}: {err}") from None
-
-
-def load_for_inference(model_path: str | None, adapter: str | Path | None = None, dtype: str = "float32"):
-    """(model, processor) in eval mode: base by path (or `tiny`), plus an optional LoRA adapter.
-
-    Without `model_path` the base is the adapter's `base_model_name_or_path`.
-    """
-    if model_path is None:
-        if adapter is None:
-            raise UserError("give --model (a Janus checkpoint) or --adapter (a LoRA adapter directory)")
-        model_path = adapter_base(adapter)
-    model = load_base(model_path, dtype)
-    if adapter is not None:
-        model = attach_adapter(model, adapter)
-    return model, load_processor(model_path, adapter)
 
 
 def resolve_format(processor, fmt: str | None) -> str:

@@ -1,154 +1,18 @@
-"""Model: load a transformers-native Janus and its processor, and scope LoRA by component.
+"""LoRA by Janus component: which modules get adapters, which train fully, and what trains.
 
-Components are named after what they do in Janus (reference/janus.md section 1); the VQ model
+Components are named after what they do in Janus (`janus_ft.janus.COMPONENT_PATHS`); the VQ model
 is never trained. LoRA targets are written into the adapter config as one regular expression of
 full module names, so the adapter loads with plain `peft.PeftModel.from_pretrained`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 
-import torch
 from torch import nn
 
-from .errors import RecipeError
-
-# component -> module path prefix inside JanusForConditionalGeneration
-COMPONENT_PATHS = {
-    "llm": "model.language_model",
-    "aligner": "model.aligner",
-    "vision": "model.vision_model",
-    "gen_head": "model.generation_head",
-    "gen_aligner": "model.generation_aligner",
-    "gen_embed": "model.generation_embeddings",
-}
-# Trained fully, the LLM also includes its (untied) output head.
-FULL_EXTRA = {"llm": ["lm_head"]}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_model_path(path: str) -> str:
-    if path == "tiny":
-        from .tiny import tiny_path
-        return str(tiny_path())
-    return path
-
-
-def load_model_and_processor(model_args):
-    from transformers import JanusForConditionalGeneration, JanusProcessor
-
-    path = resolve_model_path(model_args.path)
-    kwargs = {"dtype": _DTYPES[model_args.dtype]}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    quantization = quantization_config(model_args)
-    if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map={"": _device()})
-    try:
-        processor = JanusProcessor.from_pretrained(path)
-        model = JanusForConditionalGeneration.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"model.path: cannot load a Janus checkpoint from {path!r}: {err}") from None
-    if quantization is not None:
-        model = prepare_kbit(model)
-    freeze_vq(model)
-    return model, processor
-
-
-def _device() -> str:
-    # One process per GPU under torchrun / accelerate: each rank loads its copy onto its own card.
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-
-
-def quantization_skip_modules() -> list[str]:
-    """Everything but the language model's decoder stays in the compute dtype: the vision tower,
-    aligners, VQ model, generation embeddings/aligner/head and `lm_head` hold ~1.3B of
-    Janus-Pro-7B's 7.4B weights (by its architecture sizes), and the two output heads are where
-    4-bit rounding would hurt the logits most."""
-    return ["lm_head", "model.vqmodel"] + [p for c, p in COMPONENT_PATHS.items() if c != "llm"]
-
-
-def quantization_config(model_args):
-    """`model.quantization` as a transformers `BitsAndBytesConfig` (None for `none`)."""
-    from transformers import BitsAndBytesConfig
-
-    skip = quantization_skip_modules()   # a list given here replaces transformers' default skips
-    if model_args.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    if model_args.quantization == "4bit":
-        # QLoRA's settings: NF4 with double quantization, matmuls in the recipe's dtype.
-        return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=_DTYPES[model_args.dtype], llm_int8_skip_modules=skip)
-    return None
-
-
-def prepare_kbit(model):
-    """PEFT's preparation of a quantized base model for training.
-
-    `use_gradient_checkpointing=False`: PEFT's default would switch checkpointing on behind the
-    recipe's back; `train.gradient_checkpointing` decides, and the Trainer applies it.
-    PEFT also upcasts every non-quantized bf16/fp16 parameter to fp32. We keep that: the model runs
-    in one dtype around its 4/8-bit matmuls (bitsandbytes casts their output back to the input's
-    dtype), norms run in fp32, and whatever trains fully (`lora.modules_to_save`) gets fp32 master
-    weights, whose small AdamW updates bf16 would round away (see `train_in_fp32` for TRL's cast).
-    The price is fp32 copies of the frozen unquantized modules (about +2.7 GB for Janus-Pro-7B);
-    under bf16 autocast on a GPU their matmuls still run in bf16.
-    """
-    from peft import prepare_model_for_kbit_training
-
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def train_in_fp32(model) -> None:
-    """Trainable parameters back to fp32, after TRL's `SFTTrainer.__init__` and before `train()`
-    builds the optimizer.
-
-    On a quantized model TRL casts every trainable parameter to bf16 (its reading of the QLoRA
-    paper), `lora.modules_to_save` included. A fully trained module then meets fp32 activations
-    wherever no autocast runs (CPU, fp32 recipes) and the forward fails ("mat1 and mat2 must have
-    the same dtype"), and bf16 master weights round small AdamW updates away (why TRL already
-    exempts DoRA's magnitude). LoRA and saved modules are small: fp32 costs little.
-    """
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-
-
-def check_quantization(quantization: str) -> None:
-    """Fail before any weight loads where bitsandbytes cannot quantize on this machine.
-
-    Called from recipe validation. bitsandbytes imports even where it has no kernel for the
-    device, so a tiny quantization on the training device is the proof that the backend is there.
-    """
-    if quantization == "none":
-        return
-    where = f"model.quantization={quantization}"
-    try:
-        import bitsandbytes as bnb
-        import bitsandbytes.functional as bnb_functional
-    except Exception as err:   # not installed, or its native library fails to load
-        raise RecipeError(f"{where} needs bitsandbytes, which cannot be imported here ({err}); "
-                          "`pip install bitsandbytes`, or set model.quantization=none") from None
-    device = _device()
-    try:
-        probe = torch.randn(64, 64, device=device)
-        if quantization == "4bit":
-            bnb_functional.quantize_4bit(probe, blocksize=64, quant_type="nf4")
-        else:
-            bnb_functional.int8_vectorwise_quant(probe.half())
-    except Exception as err:   # no kernel registered for this device type
-        raise RecipeError(f"{where}: bitsandbytes {bnb.__version__} has no {quantization} backend for "
-                          f"device '{device}' ({type(err).__name__}: {err}); set model.quantization=none") from None
-
-
-def freeze_vq(model) -> None:
-    """The VQ tokenizer is frozen in every Janus training stage."""
-    vq = model.model.vqmodel
-    vq.requires_grad_(False)
-    vq.eval()
+from ..errors import RecipeError
+from ..janus import COMPONENT_PATHS, FULL_EXTRA
 
 
 def _leaf_names(model, prefix: str) -> list[str]:

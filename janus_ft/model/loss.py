@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .tokens import IGNORE_INDEX
+from ..janus import IGNORE_INDEX
 
 
 def core_model(model):

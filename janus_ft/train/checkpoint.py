@@ -17,9 +17,12 @@ import shutil
 import signal
 from pathlib import Path
 
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
-from .errors import RecipeError, UserError
+from ..errors import RecipeError, UserError
+
+logger = get_logger(__name__)
 
 STAGING = ".staging"   # hidden: transformers' checkpoint regex (`checkpoint-N`) never matches it
 RUN_FILES = ("recipe.yaml", "trainer_state.json", "adapter_config.json", "mixture.json")
@@ -114,8 +117,9 @@ class SignalCheckpoint(TrainerCallback):
             signal.raise_signal(signum)
             return
         self.received = signum
-        print(f"\njanus-ft: {signal.Signals(signum).name} received: saving a checkpoint after this step "
-              "(send it again to stop at once)", flush=True)
+        # Per rank on purpose: only the rank that received the signal says so.
+        logger.warning(f"{signal.Signals(signum).name} received: saving a checkpoint after this step "
+                       "(send it again to stop at once)", main_process_only=False)
 
     def _restore(self):
         for sig, handler in self._previous.items():

@@ -8,30 +8,9 @@ accelerate cannot run it, and puts the VQ encoder on the GPU while the code cach
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from .errors import RecipeError
-
-@contextlib.contextmanager
-def vq_on_accelerator(model):
-    """The model is still on the CPU while datasets are built (the Trainer places it later); the
-    VQ encoder alone (72M parameters in Janus-Pro) goes to this rank's GPU for the cache misses,
-    seconds instead of minutes for a few thousand 384-px targets, and comes back afterwards."""
-    import torch
-
-    from .vq import find_vq_model
-
-    vq = find_vq_model(model)
-    home = next(vq.parameters()).device
-    if not torch.cuda.is_available() or home.type != "cpu":
-        yield
-        return
-    vq.to(distributed_state().device)
-    try:
-        yield
-    finally:
-        vq.to(home)
+from ..errors import RecipeError
 
 
 def world_size() -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .chat import Decoding
-from .dataset import JanusDataset
-from .evaluate import EvalSettings, answer_records, sample_grid
-from .generate import contact_sheet, sample_codes
-from .vq import decode_codes_to_pil
+from ..data.dataset import JanusDataset
+from ..data.vq import decode_codes_to_pil
+from ..eval.evaluate import EvalSettings, answer_records, sample_grid
+from ..infer.chat import Decoding
+from ..infer.generate import contact_sheet, sample_codes
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`janus-ft sft --recipe R.yaml [section.key=value ...]`: the main job, read top to bottom.
+"""Supervised fine-tuning (`janus-ft sft`): the main job, read top to bottom.
 
 load recipe -> load model and processor -> build datasets and mixture -> apply LoRA -> trainer
 -> train -> save adapter, processor, recipe, mixture and loss plot.
@@ -11,66 +11,23 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate.logging import get_logger
+
+from ..data.conversation import detect_format
+from ..data.dataset import build_datasets, read_sources, require_tasks
+from ..data.images import check_images
+from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
+from ..errors import RecipeError, UserError
+from ..recipe import Recipe, save_recipe
 from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
-from .conversation import detect_format
-from .dataset import JanusDataset, load_records, require_tasks
-from .distributed import distributed_fields, distributed_state, has_accelerator, vq_on_accelerator, world_size
-from .errors import RecipeError, UserError
-from .images import check_images
-from .mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
-from .recipe import Recipe, load_recipe, save_recipe
+from .distributed import (
+    distributed_fields,
+    distributed_state,
+    has_accelerator,
+    world_size,
+)
 
-
-def configure(parser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="override recipe keys, e.g. train.max_steps=20 output_dir=runs/x")
-
-
-def run(args) -> int:
-    result = run_sft(load_recipe(args.recipe, args.overrides))
-    return 128 + result.interrupted if result.interrupted else 0   # the shell's code for "killed by signal"
-
-
-def read_sources(sources) -> list:
-    """Every record of the given sources, validated (raises on the first bad one)."""
-    records = []
-    for src in sources:
-        recs = load_records([src.path])
-        records += recs[: src.max_samples] if src.max_samples else recs
-    return records
-
-
-def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
-    """One dataset per task; generation images VQ-encoded once (and cached on disk)."""
-    by_task: dict[str, list] = {}
-    for rec in records:
-        by_task.setdefault(rec.task, []).append(rec)
-    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
-    d = recipe.data
-    datasets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
-                for task, recs in by_task.items()}
-    for task, ds in datasets.items():
-        if ds.dropped:
-            first = ds.dropped[0]
-            print(f"janus-ft: dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
-                  f"{d.max_length} tokens (first: {first.source}:{first.line})")
-    return datasets
-
-
-def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
-    """Codes for every generation target, encoded once per image and cached on disk. The main
-    process encodes first, so other ranks only read the cache."""
-    if not records:
-        return {}
-    from .vq import CodeCache, codes_for_files
-
-    paths = sorted({str(r.images[0]) for r in records})
-    cache = CodeCache(cache_dir)
-    with distributed_state().main_process_first(), vq_on_accelerator(model):
-        codes = codes_for_files(model, paths, cache)
-    print(f"janus-ft: VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded")
-    return {p: c.tolist() for p, c in zip(paths, codes)}
+logger = get_logger(__name__)
 
 
 def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
@@ -116,7 +73,7 @@ def resume_argument(recipe: Recipe):
         from transformers.trainer_utils import get_last_checkpoint
         last = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
         if last is None:
-            print(f"janus-ft: train.resume: no checkpoint in {recipe.output_dir}, starting from scratch")
+            logger.info(f"train.resume: no checkpoint in {recipe.output_dir}, starting from scratch")
         return last
     return None
 
@@ -168,15 +125,23 @@ def training_schedule(recipe: Recipe, train_sets: dict) -> tuple[MixtureDataset,
 
 def run_sft(recipe: Recipe) -> SftResult:
     """Fine-tune as the recipe says; the adapter and its companions land in `recipe.output_dir`."""
-    from .collate import JanusCollator
-    from .model import apply_lora, load_model_and_processor, train_in_fp32, trainable_table
     from transformers import set_seed
 
+    from ..data.collate import JanusCollator
+    from ..model.loading import (
+        check_quantization,
+        load_model_and_processor,
+        train_in_fp32,
+    )
+    from ..model.lora import apply_lora, trainable_table
     from .probe import TrainingProbe
     from .trainer import JanusTrainer, MixtureCallback
 
     out, t = Path(recipe.output_dir), recipe.train
-    # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
+    # The platform, data and output_dir are checked before any weight is loaded: a typo costs
+    # seconds, not a model load. Process setup first: the checks below are rank-aware.
+    distributed_state()
+    check_quantization(recipe.model.quantization)   # bitsandbytes has a kernel for this device
     train_records, val_records = read_data(recipe)
     claim_output_dir(recipe)
     model, processor = load_model_and_processor(recipe.model)
@@ -189,7 +154,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     # recipe gives a different adapter depending on what ran earlier in the process.
     set_seed(t.seed)
     model = apply_lora(model, recipe.lora)
-    print(trainable_table(model))
+    logger.info("trainable parameters:\n" + trainable_table(model))
 
     mixture, global_batch, steps = training_schedule(recipe, train_sets)
     eval_set = _concat(list(val_sets.values()))
@@ -205,16 +170,15 @@ def run_sft(recipe: Recipe) -> SftResult:
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     trainer.train(resume_from_checkpoint=resume_argument(recipe))
     if trainer.skipped_batches:
-        print(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
+        logger.warning(f"{trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
-        print(f"janus-ft: stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
-              f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
+        logger.warning(f"stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
+                       f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
         return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
     if eval_set is not None:
         trainer.evaluate()
     save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
-    if trainer.is_world_process_zero():
-        print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
+    logger.info(f"adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
     return SftResult(out, trainer.model, trainer.state.log_history)
 
 

@@ -13,12 +13,15 @@ import json
 import math
 from pathlib import Path
 
+from accelerate.logging import get_logger
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
+from ..janus import TASK_NAMES
+from ..model.loss import compute_loss_parts
 from .checkpoint import STAGING, TrainingError, clear_staging, publish, save_error
-from .dataset import TASK_NAMES
-from .loss import compute_loss_parts
+
+logger = get_logger(__name__)
 
 
 class JanusTrainer(SFTTrainer):
@@ -90,8 +93,8 @@ class JanusTrainer(SFTTrainer):
                 + ". Lower train.learning_rate, check that task's data, or set train.nan_policy=skip")
         self.skipped_batches += 1
         self._metrics["train"]["skipped_batches"].append(float(self.skipped_batches))
-        print(f"janus-ft: non-finite loss at step {step} in task(s) {', '.join(tasks)}: micro-batch skipped "
-              f"({self.skipped_batches} so far)", flush=True)
+        logger.warning(f"non-finite loss at step {step} in task(s) {', '.join(tasks)}: micro-batch skipped "
+                       f"({self.skipped_batches} so far)")
         zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
         return (zero, None) if return_outputs else zero
 
