@@ -88,7 +88,7 @@ def random_model_path(preset: str) -> Path:
     """A random Janus of a real model's size, written once (bf16) under $JANUS_FT_CACHE."""
     from transformers import JanusForConditionalGeneration
 
-    from ..files import cache_root
+    from ..files import cache_root, publish
     from ..janus import generation_config
     from ..tiny import build_processor, build_tokenizer, sized_config
 
@@ -102,9 +102,11 @@ def random_model_path(preset: str) -> Path:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = JanusForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     model.generation_config = generation_config(tokenizer)
-    model.save_pretrained(target)
-    build_processor(tokenizer, image_size=config.vision_config.image_size).save_pretrained(target)
-    (target / "janus_ft_random.json").write_text(json.dumps({"preset": preset}) + "\n")
+    staged = target.with_name(f".{target.name}-{os.getpid()}")   # renamed in when complete
+    model.save_pretrained(staged)
+    build_processor(tokenizer, image_size=config.vision_config.image_size).save_pretrained(staged)
+    (staged / "janus_ft_random.json").write_text(json.dumps({"preset": preset}) + "\n")
+    publish(staged, target, keep_existing=True)
     del model
     gc.collect()
     torch.cuda.empty_cache()

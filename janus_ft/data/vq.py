@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import UserError
-from ..files import cache_root
+from ..files import cache_root, publish
 from .images import UnreadableImage, check_file, decode, to_rgb
 
 _SEARCH_ROWS = 4096  # latent vectors per distance matrix: 4096 x 16384 floats = 256 MiB at most
@@ -209,7 +209,7 @@ class CodeCache:
             with os.fdopen(fd, "wb") as f:
                 # int32 covers any codebook; 576 codes take 2.4 KB per image.
                 np.save(f, codes.detach().cpu().numpy().astype(np.int32).reshape(-1))
-            os.replace(tmp, target)
+            publish(Path(tmp), target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

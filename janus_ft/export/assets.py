@@ -9,31 +9,17 @@ checkpoint's chat template and a `GenerationConfig` carrying the classifier-free
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..errors import UserError
+from .io import read_json, write_json
 from ..janus import BOI, EOI, FORMATS, PAD, chat_template, generation_config
 from ..janus import IMAGE_PLACEHOLDER as IMAGE
 
 PRO_USER, PRO_ASSISTANT = FORMATS["janus-pro"].user, FORMATS["janus-pro"].assistant
 
 _JANUS_13B_ROLES = ("User", "Assistant")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON file's content, {} when the file is absent; UserError when it is not JSON."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read JSON ({err})") from err
-
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- DeepSeek -> native

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -18,21 +17,22 @@ import torch
 import yaml
 
 from ..errors import UserError
+from ..files import publish
+from ..janus import DTYPES
+from .io import parse_size
 
 # Merging runs in one process (no ranks to tell apart): the standard library's logger.
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SIZE_UNITS = {"": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
 def merge_adapter(adapter_dir, output_dir, base: str | None = None, dtype: str | None = None,
                   max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
     """Merge the LoRA adapter in `adapter_dir` into its base and save a plain checkpoint to `output_dir`."""
     adapter, out = Path(adapter_dir), Path(output_dir)
-    shard_bytes = _shard_bytes(max_shard_size)
-    if dtype is not None and dtype not in _DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    shard_bytes = parse_size(max_shard_size)
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     from ..model.loading import resolve_model_path
 
     base_path = resolve_model_path(base_name(adapter, base))
@@ -40,13 +40,13 @@ def merge_adapter(adapter_dir, output_dir, base: str | None = None, dtype: str |
 
     model, processor = merged_model(adapter, base_path)
     if dtype is not None:
-        model.to(_DTYPES[dtype])
+        model.to(getattr(torch, dtype))
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, max_shard_size=shard_bytes)
         processor.save_pretrained(tmp)
-        _replace_dir(tmp, out)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # nothing half-written survives a failure
     return out
@@ -126,15 +126,6 @@ def _fill_generation_config(gen, tokenizer) -> None:
     gen.generation_kwargs = kwargs
 
 
-def _shard_bytes(size: str | int) -> int:
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)?\s*", str(size), re.IGNORECASE)
-    if not m:
-        raise UserError(f"max_shard_size {size!r} is not a size like 5GB, 500MB or 100000")
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()])
-
-
 def _check_output(out: Path, adapter: Path, base_path: str, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a directory")
@@ -143,12 +134,3 @@ def _check_output(out: Path, adapter: Path, base_path: str, overwrite: bool) -> 
             raise UserError(f"output {out} is the adapter or base directory; choose another")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` into place; an old `out` is only removed once the new one is there."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -51,23 +51,12 @@ def answer(model, processor, record: Record, fmt: str, decoding: Decoding, strea
     return processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def left_pad(inputs: list[dict], pad_id: int) -> dict:
-    """Prompts of one record each -> one batch, padded on the left so every answer starts at the
-    same column. `pixel_values` are concatenated in row order, the order in which the model
-    scatters image features into placeholder positions.
-
-    >>> b = left_pad([{"input_ids": torch.tensor([[5, 6, 7]])}, {"input_ids": torch.tensor([[8]])}], pad_id=0)
-    >>> b["input_ids"].tolist(), b["attention_mask"].tolist()
-    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
-    """
-    width = max(x["input_ids"].shape[1] for x in inputs)
-    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, x in enumerate(inputs):
-        n = x["input_ids"].shape[1]
-        ids[row, width - n:] = x["input_ids"][0]
-        mask[row, width - n:] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
+def left_pad(inputs: list[dict], tokenizer) -> dict:
+    """Prompts of one record each -> one batch, padded on the left (the tokenizer's own `pad`) so
+    every answer starts at the same column. `pixel_values` are concatenated in row order, the
+    order in which the model scatters image features into placeholder positions."""
+    batch = dict(tokenizer.pad({"input_ids": [x["input_ids"][0].tolist() for x in inputs]},
+                               padding_side="left", return_tensors="pt"))
     pixels = [x["pixel_values"] for x in inputs if "pixel_values" in x]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
@@ -79,8 +68,8 @@ def answer_batch(model, processor, records: list[Record], fmt: str, decoding: De
     """Answers to several records from one `generate` call (greedy: the same answers as `answer`
     one by one; sampling draws from one seeded stream for the whole batch)."""
     tok = processor.tokenizer
-    batch = to_model(left_pad([record_inputs(processor, r, fmt, decoding.system_prompt) for r in records],
-                              tok.pad_token_id), model)
+    batch = to_model(left_pad([record_inputs(processor, r, fmt, decoding.system_prompt) for r in records], tok),
+                     model)
     if decoding.seed is not None:
         torch.manual_seed(decoding.seed)
     out = model.generate(**batch, **decoding.generate_kwargs(), pad_token_id=tok.pad_token_id,

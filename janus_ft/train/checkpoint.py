@@ -67,19 +67,6 @@ def _check_writable(out: Path) -> None:
         raise RecipeError(f"output_dir {out}: cannot write there ({err.strerror or err})") from None
 
 
-def publish(staged: Path, final: Path) -> None:
-    """Move a fully written checkpoint into place. A checkpoint of the same step left by an earlier
-    attempt is moved aside first and deleted only after the new one is in place."""
-    old = None
-    if final.exists():
-        old = final.with_name(f"{STAGING}-old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def clear_staging(output_dir: str | Path) -> None:
     """Remove what a killed save left behind (never a complete checkpoint: those are renamed out)."""
     shutil.rmtree(Path(output_dir) / STAGING, ignore_errors=True)
@@ -109,6 +96,7 @@ class SignalCheckpoint(TrainerCallback):
 
     def __init__(self):
         self.received: int | None = None
+        self.accelerator = None   # the Trainer's, set by JanusTrainer: it reduces the flag over ranks
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
@@ -140,14 +128,13 @@ class SignalCheckpoint(TrainerCallback):
         self._restore()
 
     def _agreed_stop(self) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        """Whether any rank received a signal: accelerate's trigger, reduced over all ranks each step."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
             return self.received is not None
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([0 if self.received is None else self.received], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.received is None:
-            self.received = int(flag.item())
-        return bool(flag.item())
+        if self.received is not None:
+            self.accelerator.set_trigger()
+        if not self.accelerator.check_trigger():
+            return False
+        # The other ranks stop as if told to terminate (the signal number is not shared).
+        self.received = self.received or signal.SIGTERM
+        return True

@@ -54,9 +54,11 @@ def distributed_fields(train) -> dict:
                           "use DDP, or DeepSpeed ZeRO-3 to shard (train.deepspeed=recipes/deepspeed/zero3.json)")
     if not train.deepspeed:
         return {}
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import PartialState
 
-    AcceleratorState._reset_state(reset_partial_state=True)   # the process group itself stays
+    from .upstream import reset_accelerate_state
+
+    reset_accelerate_state()
     os.environ["ACCELERATE_USE_CPU"] = "false"
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")

@@ -6,7 +6,6 @@ load recipe -> load model and processor -> build datasets and mixture -> apply L
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..data.dataset import build_datasets, read_sources, require_tasks
 from ..data.images import check_images
 from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from ..errors import RecipeError, UserError
+from ..files import publish
 from ..recipe import Recipe, save_recipe
 from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
 from .distributed import (
@@ -201,7 +201,7 @@ def save_outputs(trainer, processor, out: Path) -> None:
             if path.is_file():
                 target = out / path.relative_to(staged)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+                publish(path, target)
     except OSError as err:
         raise save_error(err, "the final adapter", out) from None
     finally:

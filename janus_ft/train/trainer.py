@@ -1,9 +1,9 @@
 """Trainer: TRL's `SFTTrainer` with the Janus mixed-task loss.
 
-The one subclass in janus_ft (STYLE.md rule 6): `compute_loss` must score image tokens with the
-generation head, which no stock forward does, and must stop on a non-finite loss before it reaches
-the weights; `_save_checkpoint` must write then rename (a SIGKILL mid-save would otherwise leave a
-half-written `checkpoint-N` that resume picks up). Everything else -- optimiser, schedule, gradient
+The one subclass in janus_ft: `compute_loss` must score image tokens with the generation head,
+which no stock forward does, and must stop on a non-finite loss before it reaches the weights;
+checkpoints are written then renamed (`upstream.AtomicCheckpoints`: a SIGKILL mid-save would
+otherwise leave a half-written `checkpoint-N` that resume picks up). Everything else -- optimiser, schedule, gradient
 accumulation, checkpoint contents, resume, DDP / DeepSpeed / FSDP, logging -- is TRL / transformers.
 """
 
@@ -19,22 +19,25 @@ from trl import SFTTrainer
 
 from ..janus import TASK_NAMES
 from ..model.loss import compute_loss_parts
-from .checkpoint import STAGING, TrainingError, clear_staging, publish, save_error
+from .checkpoint import SignalCheckpoint, TrainingError
+from .upstream import AtomicCheckpoints, record_metric
 
 logger = get_logger(__name__)
 
 
-class JanusTrainer(SFTTrainer):
+class JanusTrainer(AtomicCheckpoints, SFTTrainer):
     def __init__(self, *args, probe=None, nan_policy: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.probe = probe   # janus_ft.probe.TrainingProbe: answers and images at each evaluation
         self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
         self.skipped_batches = 0
-        self._staging: Path | None = None
         self._flops_params: int | None = None   # parameter count for `total_flos`, taken once
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, SignalCheckpoint):
+                callback.accelerator = self.accelerator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         parts = compute_loss_parts(model, inputs)
@@ -46,7 +49,7 @@ class JanusTrainer(SFTTrainer):
         if bad and model.training:
             return self._non_finite(model, bad, return_outputs)
         for task, (loss_sum, n) in per_task.items():
-            self._metrics[mode][f"loss_{TASK_NAMES[task]}"].append(loss_sum / n)
+            record_metric(self, mode, f"loss_{TASK_NAMES[task]}", loss_sum / n)
         if num_items_in_batch is not None:
             loss = parts.total / num_items_in_batch
             if self.args.average_tokens_across_devices:
@@ -92,46 +95,11 @@ class JanusTrainer(SFTTrainer):
                 + (f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet")
                 + ". Lower train.learning_rate, check that task's data, or set train.nan_policy=skip")
         self.skipped_batches += 1
-        self._metrics["train"]["skipped_batches"].append(float(self.skipped_batches))
+        record_metric(self, "train", "skipped_batches", float(self.skipped_batches))
         logger.warning(f"non-finite loss at step {step} in task(s) {', '.join(tasks)}: micro-batch skipped "
                        f"({self.skipped_batches} so far)")
         zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
         return (zero, None) if return_outputs else zero
-
-    def _save_checkpoint(self, model, trial):
-        """Write then rename: the Trainer writes the whole checkpoint into `output_dir/.staging`, which
-        then moves to `output_dir/checkpoint-N` in one rename (by the main process, after every rank
-        has written its part). Older checkpoints are rotated only after that, so a kill at any point
-        leaves every complete checkpoint as it was."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-
-        run_dir = Path(super()._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.is_world_process_zero():
-            clear_staging(run_dir)
-        self.accelerator.wait_for_everyone()
-        self._staging = run_dir / STAGING
-        try:
-            super()._save_checkpoint(model, trial)
-        except OSError as err:
-            if self.is_world_process_zero():
-                clear_staging(run_dir)
-            raise save_error(err, name, run_dir) from None
-        finally:
-            self._staging = None
-        self.accelerator.wait_for_everyone()
-        if self.is_world_process_zero():
-            publish(run_dir / STAGING / name, run_dir / name)
-            clear_staging(run_dir)
-            if self.state.best_model_checkpoint:   # recorded under the staging path
-                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(f"/{STAGING}/", "/")
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()
-
-    def _get_output_dir(self, trial):
-        # While a checkpoint is being saved, the Trainer's run directory is the staging directory.
-        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
     def evaluate(self, *args, **kwargs):
         """The Trainer's evaluation (loss per task), then the probe's generated answers and images."""
