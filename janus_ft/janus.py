@@ -127,7 +127,7 @@ class SpecialIds:
     eoi: int
 
     @classmethod
-    def from_tokenizer(cls, tok) -> "SpecialIds":
+    def from_tokenizer(cls, tok) -> SpecialIds:
         ids = tok.convert_tokens_to_ids
         return cls(bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id,
                    image=ids(IMAGE_PLACEHOLDER), boi=ids(BOI), eoi=ids(EOI))

@@ -99,13 +99,13 @@ def tiny_config(tokenizer):
         embed_dim=8, num_embeddings=CODEBOOK_SIZE, latent_channels=32, base_channels=32,
         channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
         image_token_embed_dim=hidden)
-    # The original LM head is separate from the input embeddings (reference/janus.md section 2).
+    # The original LM head is separate from the input embeddings (docs/janus.md, original layout).
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
                        tie_word_embeddings=False)
 
 
-# Real language-model sizes of Janus-Pro (reference/janus.md; DeepSeek-LLM 1.3B / 7B, vocab 102400).
+# Real language-model sizes of Janus-Pro (DeepSeek-LLM 1.3B / 7B, vocab 102400; docs/janus.md).
 # transformers' default JanusVisionConfig and JanusVQVAEConfig are the real SigLIP-L/16 @ 384 tower
 # (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384).
 SIZE_PRESETS = {

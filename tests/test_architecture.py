@@ -153,3 +153,14 @@ def test_the_check_catches_a_cycle_and_an_upward_import(tmp_path):
 def test_modules_stay_small(path):
     """Modules up to ~400 lines (the style guide's budget), so each reads as one stage."""
     assert len(path.read_text(encoding="utf-8").splitlines()) <= 420
+
+
+def test_ruff_is_clean():
+    """The style rules in pyproject.toml hold for the package, the tests and the scripts."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "janus_ft", "tests", "data_templates",
+                          "scripts", "docs"], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -19,6 +19,7 @@ from janus_ft.data.mixture import build_schedule
 from janus_ft.errors import RecipeError
 from janus_ft.recipe import TrainArgs, load_recipe
 
+pytestmark = pytest.mark.slow   # several processes per test: `-m 'not slow'` skips them locally
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "demo.yaml"
 STEPS = 4

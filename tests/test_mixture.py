@@ -18,7 +18,7 @@ def test_ratios_over_100_steps(global_batch):
         assert share == pytest.approx(ratio / 10, abs=0.01)     # within one percentage point
         assert all(0 <= i < sizes[task] for t, i in schedule if t == task)
     # every step holds its share, rounded: never more than one sample away from the exact ratio
-    for step, counts in enumerate(block_counts(ratios, global_batch, 100)):
+    for counts in block_counts(ratios, global_batch, 100):
         assert sum(counts.values()) == global_batch
         for task, c in counts.items():
             assert abs(c - global_batch * ratios[task] / 10) < 1 + 1e-9

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import need
-from test_model import mixed_batch
+from test_lora import mixed_batch
 from torch import nn
 
 from janus_ft.cli import main

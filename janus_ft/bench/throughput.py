@@ -90,7 +90,7 @@ class FlopModel:
     image_token_id: int
 
     @classmethod
-    def of(cls, model) -> "FlopModel":
+    def of(cls, model) -> FlopModel:
         macs: dict[str, list[int]] = {}
         for name, module in model.named_modules():
             if "original_module" in name:   # PEFT keeps an unused copy of modules_to_save

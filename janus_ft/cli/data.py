@@ -16,11 +16,11 @@ from ..data.dataset import JanusDataset, load_records
 from ..data.images import check_images
 from ..errors import BadRecord, UserError
 from ..janus import IGNORE_INDEX
+from ..tiny import ensure_tiny
 
 # Marks around supervised text in the human-readable preview.
 OPEN, CLOSE = "\x1b[1;32m[[", "]]\x1b[0m"
 
-from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:

@@ -3,7 +3,7 @@
 Padding is on the right with explicit `position_ids`, so every sample sees the positions it would
 see alone. Understanding image features are scattered into placeholder positions in row-major
 order, and `pixel_values` are concatenated in that same order, so features land on their own
-sample whatever the lengths (the ms-swift left/right padding bug, reference/peers.md).
+sample whatever the lengths (ms-swift pads on the right while scattering image features with a left-padding mask).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ class JanusDataset(torch.utils.data.Dataset):
         return out
 
 
-def require_tasks(datasets: dict[str, "JanusDataset | list"], mix: dict[str, float]) -> None:
+def require_tasks(datasets: dict[str, JanusDataset | list], mix: dict[str, float]) -> None:
     """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip."""
     for task, ratio in mix.items():
         if ratio > 0 and (task not in datasets or len(datasets[task]) == 0):

@@ -1,6 +1,6 @@
 """Records: JSONL lines -> validated `Record`s (first stage of the pipeline).
 
-Accepted shapes are listed in CONTRACT.md: `query`/`response`/`images`/`history`/`system`, or
+Accepted shapes (README, data_templates/examples): `query`/`response`/`images`/`history`/`system`, or
 `messages` (+ `images`). The task is inferred (no images -> text; images in user turns ->
 understanding; a response that is exactly `<image>` -> generation) and may be stated with `task`.
 Every problem is a `BadRecord` naming file, line and field, so `janus-ft data check` can list them.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import BadRecord
 from ..janus import IMAGE_TAG, IMAGE_TOKENS, TASKS
@@ -120,7 +120,7 @@ def parse_record(obj, path: Path, line: int) -> Record:
     turns = _place_images(turns, len(images), bad)
     task = _infer_task(obj, turns, images, bad)
     if task == "generation":
-        system = ""  # generation prompts never carry a system prompt (reference/janus.md section 3)
+        system = ""  # generation prompts never carry a system prompt (docs/janus.md, conversation format)
     return Record(task=task, turns=turns, images=images, system=system, source=str(path), line=line)
 
 
@@ -227,7 +227,7 @@ def _place_images(turns, n_images: int, bad) -> list[tuple[str, str]]:
         raise bad("images", "<image> appears in both query and response; a record is either "
                   "understanding (images in the query) or generation (response is exactly <image>)")
     if n_images and not in_users and not in_responses:
-        # Images without tags go at the start of the first query (CONTRACT.md).
+        # Images without tags go at the start of the first query (ms-swift's convention too).
         first_user, first_answer = turns[0]
         return [(IMAGE_TAG * n_images + first_user, first_answer)] + list(turns[1:])
     if in_users + in_responses != n_images:

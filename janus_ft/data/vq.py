@@ -1,6 +1,6 @@
 """Image -> VQ codes for the generation path: preprocessing, faithful quantisation, a disk cache.
 
-Generation targets are the codes of Janus's frozen VQ-16 tokenizer (reference/janus.md section 5).
+Generation targets are the codes of Janus's frozen VQ-16 tokenizer (docs/janus.md, the generation path).
 Two facts drive this module:
 
 - DeepSeek's quantizer (`codebook_l2_norm=True`) L2-normalises both the latent vectors and the
@@ -19,8 +19,9 @@ import io
 import os
 import tempfile
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -141,7 +142,7 @@ def decode_codes_to_pil(model, codes: torch.Tensor) -> list[Image.Image]:
 
 # --- the code cache -------------------------------------------------------------------------------
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def vq_fingerprint(model) -> str:

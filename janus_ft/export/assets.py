@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from .io import read_json, write_json
 from ..janus import BOI, EOI, FORMATS, PAD, chat_template, generation_config
 from ..janus import IMAGE_PLACEHOLDER as IMAGE
+from .io import read_json, write_json
 
 PRO_USER, PRO_ASSISTANT = FORMATS["janus-pro"].user, FORMATS["janus-pro"].assistant
 

@@ -45,8 +45,8 @@ import torch
 from ..errors import UserError
 from ..files import publish
 from . import assets
-from .config import deepseek_config_from_janus, janus_config_from_deepseek
 from . import names as layout
+from .config import deepseek_config_from_janus, janus_config_from_deepseek
 from .io import MemoryMeter, ShardWriter, main_dtype, parse_size, read_headers, read_json, stream, weight_files, write_json
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"

@@ -1,7 +1,7 @@
 """Merge: a LoRA adapter + its base -> one plain transformers Janus checkpoint.
 
 The result loads with `JanusForConditionalGeneration.from_pretrained` and
-`JanusProcessor.from_pretrained` alone (STYLE.md rule 10): merged weights as (sharded)
+`JanusProcessor.from_pretrained` alone (nothing of janus_ft needed to use it): merged weights as (sharded)
 safetensors, the processor with its chat template, and a generation config that carries the
 classifier-free-guidance defaults `janus-ft generate` and Janus's own inference code expect.
 """
@@ -114,7 +114,7 @@ def merged_model(adapter: Path, base_path: str):
 
 def _fill_generation_config(gen, tokenizer) -> None:
     """Keep what the base's generation config says; fill the CFG defaults it lacks from the
-    tokenizer (pad ids differ between Janus checkpoints: reference/janus.md section 3)."""
+    tokenizer (pad ids differ between Janus checkpoints: docs/janus.md)."""
     from ..janus import generation_config
 
     defaults = generation_config(tokenizer)

@@ -35,7 +35,7 @@ def prompt_inputs(processor, caption: str, fmt: str) -> dict:
 def image_generation_config(model, tokenizer, cfg: float, temperature: float, n: int):
     """The model's generation config with the ids CFG needs read from the tokenizer: the
     unconditional row keeps BOS and `<begin_of_image>` and pads the rest, and the pad id differs
-    between checkpoints (reference/janus.md section 3)."""
+    between checkpoints (docs/janus.md)."""
     config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
     special = SpecialIds.from_tokenizer(tokenizer)
     config.bos_token_id, config.pad_token_id = special.bos, special.pad

@@ -29,7 +29,7 @@ def resolve_format(processor, fmt: str | None) -> str:
 def prompt_record(query: str, n_images: int = 0, system: str | None = None,
                   history: tuple | list = ()) -> Record:
     """A record whose last turn is the question to answer. Images without `<image>` tags go at the
-    start of the first query, as the data layer places them (CONTRACT.md)."""
+    start of the first query, as the data layer places them."""
     turns = [(str(u), str(a)) for u, a in history] + [(query, "")]
     tags = sum(u.count(IMAGE_TAG) for u, _ in turns)
     if n_images and not tags:
