@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the generators are scripts, not an installed package
 
 from captions.make_captions import caption, draw_scene, make_captions  # noqa: E402
-from latex_ocr.make_latex_ocr import Renderer  # noqa: E402
 from generator_io import write_jsonl  # noqa: E402
+from latex_ocr.make_latex_ocr import Renderer  # noqa: E402
 from make_shapes import COLOURS, draw_shape, make_shapes  # noqa: E402
 
 SIZE = 64  # the embedded tiny Janus sees 64 px images; keeps the committed samples a few hundred KB

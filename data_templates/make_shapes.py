@@ -15,9 +15,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from generator_io import check_split, finish, parser, write_split
+from PIL import Image, ImageDraw
 
 QUERY = "<image>What colour is the shape?"
 BACKGROUND = (211, 211, 211)  # light gray: far from every label colour, so "dominant" is unambiguous

@@ -55,7 +55,7 @@ def build(directory: Path, shard: str) -> None:
 
 
 def measure(direction: str, source: Path, output: Path, shard: str, warmup: Path) -> dict:
-    from janus_ft.convert import convert_from_deepseek, convert_to_deepseek
+    from janus_ft.export.convert import convert_from_deepseek, convert_to_deepseek
 
     convert = convert_to_deepseek if direction == "to" else convert_from_deepseek
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: every import and lazy init happens here
@@ -98,7 +98,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="convert-memory-"))
     native, tiny = work / "native", work / "tiny"
     if not native.exists():
-        from janus_ft.convert import convert_to_deepseek
+        from janus_ft.export.convert import convert_to_deepseek
         from janus_ft.tiny import build_tiny
 
         build(native, args.shard)

@@ -11,9 +11,9 @@ import importlib
 # public name -> module that defines it
 _LAZY = {
     "load_recipe": "janus_ft.recipe",
-    "run_sft": "janus_ft.sft",
-    "merge_adapter": "janus_ft.merge",
-    "encode_images": "janus_ft.vq",
+    "run_sft": "janus_ft.train.sft",
+    "merge_adapter": "janus_ft.export.merge",
+    "encode_images": "janus_ft.data.vq",
 }
 
 __all__ = list(_LAZY)

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear message, exit code 2, no traceback (STYLE.md rule 9)."""
+"""User-facing errors: one clear message, exit code 2, no traceback."""
 
 from __future__ import annotations
 

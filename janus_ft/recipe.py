@@ -19,9 +19,7 @@ from pathlib import Path
 import yaml
 
 from .errors import RecipeError
-
-COMPONENTS = ("llm", "aligner", "vision", "gen_head", "gen_aligner", "gen_embed")
-TASKS = ("understanding", "text", "generation")
+from .janus import COMPONENTS, DTYPES, TASKS
 
 
 def _f(default, help_text: str, **kw):
@@ -178,7 +176,7 @@ def _lift_trl_fields(train: dict) -> dict:
     foreign = [k for k in train if k not in own]
     if not foreign and not extra:
         return train
-    from trl import SFTConfig   # only when needed: importing TRL costs seconds
+    from trl import SFTConfig  # only when needed: importing TRL costs seconds
 
     trl_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
     lifted = {k: v for k, v in train.items() if k in own}
@@ -272,14 +270,11 @@ def validate(recipe: Recipe) -> None:
     """Checks that need no model: names, choices and combinations."""
     m, d, lo, t = recipe.model, recipe.data, recipe.lora, recipe.train
     _choice("model.format", m.format, ("auto", "janus-pro", "janus"))
-    _choice("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
+    _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.quantization", m.quantization, ("none", "4bit", "8bit"))
-    if m.quantization != "none":
-        if "llm" in lo.modules_to_save:
-            raise RecipeError(f"lora.modules_to_save=[llm] cannot train a {m.quantization} language model "
-                              "fully: use lora.targets=[llm], or model.quantization=none")
-        from .model import check_quantization   # bitsandbytes probed before any weight loads
-        check_quantization(m.quantization)
+    if m.quantization != "none" and "llm" in lo.modules_to_save:
+        raise RecipeError(f"lora.modules_to_save=[llm] cannot train a {m.quantization} language model "
+                          "fully: use lora.targets=[llm], or model.quantization=none")
     for key in ("targets", "modules_to_save"):
         for name in getattr(lo, key):
             _choice(f"lora.{key}", name, COMPONENTS)

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import torch
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-IMAGE = "<image_placeholder>"
-BOI = "<begin_of_image>"
-EOI = "<end_of_image>"
-PRO_USER, PRO_ASSISTANT = "<|User|>", "<|Assistant|>"
+from .files import publish, tiny_model_dir
+from .janus import BOI, BOS, EOI, EOS, FORMATS, PAD, chat_template, generation_config
+from .janus import IMAGE_PLACEHOLDER as IMAGE
+
+PRO_USER, PRO_ASSISTANT = FORMATS["janus-pro"].user, FORMATS["janus-pro"].assistant
 
 # Janus's real tokenizer has more specials; the ones janus_ft relies on are listed first.
 SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE, BOI, EOI, PRO_USER, PRO_ASSISTANT,
@@ -44,45 +42,6 @@ the a an of in on at to is are was were be this that it with for and or not yes 
 hello world question answer image picture photo text caption style draw paint generate
 """
 
-_PRO_ROLES = (PRO_USER, PRO_ASSISTANT)
-_JANUS_ROLES = ("User", "Assistant")
-
-
-def chat_template(user: str, assistant: str) -> str:
-    """Jinja chat template laying out turns and image parts the way Janus checkpoints do.
-
-    A user turn renders `{user}: {content}\\n\\n`, an assistant turn `{assistant}: {content}{EOS}`,
-    other roles `{Role}: {content}{EOS}`; the generation prompt is `{assistant}:`. An image part is
-    `<image_placeholder>`, set off from neighbouring parts by newlines.
-    """
-    return (
-        "{%- for message in messages -%}"
-        "{%- set role = message['role'] | lower -%}"
-        f"{{%- if role == 'user' -%}}{{{{ '{user}: ' }}}}"
-        f"{{%- elif role == 'assistant' -%}}{{{{ '{assistant}:' }}}}"
-        "{%- if not (loop.last and not add_generation_prompt and message['content'][0]['type'] == 'text'"
-        " and message['content'][0]['text'] == '') %} {% endif -%}"
-        "{%- else -%}{{ message['role'] | capitalize ~ ': ' }}{%- endif -%}"
-        "{%- set parts = message['content'] -%}"
-        "{%- for part in parts -%}"
-        "{%- if part['type'] == 'image' -%}"
-        "{%- if not loop.first %}{{ '\\n' }}{% endif -%}"
-        f"{IMAGE}"
-        "{%- if not loop.last %}{{ '\\n' }}{% endif -%}"
-        "{%- elif part['type'] == 'text' -%}"
-        "{%- set text = part['text'] -%}"
-        "{%- if loop.first %}{% set text = text.lstrip() %}{% endif -%}"
-        "{%- if loop.last %}{% set text = text.rstrip() %}{% endif -%}"
-        "{%- if not loop.first and parts[loop.index0 - 1]['type'] == 'text' %}{{ ' ' + text }}"
-        "{%- else %}{{ text }}{% endif -%}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if not loop.last or add_generation_prompt -%}"
-        "{%- if role == 'user' %}{{ '\\n\\n' }}{% else %}" + EOS + "{% endif -%}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        f"{{%- if add_generation_prompt %}}{assistant}:{{% endif -%}}"
-    )
 
 
 def _train_tokenizer(vocab_size: int):
@@ -108,7 +67,7 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
-    user, assistant = _PRO_ROLES if fmt == "janus-pro" else _JANUS_ROLES
+    user, assistant = FORMATS[fmt].user, FORMATS[fmt].assistant
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         additional_special_tokens=SPECIAL_TOKENS[3:],
@@ -118,7 +77,12 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
 
 
 def tiny_config(tokenizer):
-    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+    from transformers import (
+        JanusConfig,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
 
     hidden = 64
     text = LlamaConfig(
@@ -135,13 +99,13 @@ def tiny_config(tokenizer):
         embed_dim=8, num_embeddings=CODEBOOK_SIZE, latent_channels=32, base_channels=32,
         channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
         image_token_embed_dim=hidden)
-    # The original LM head is separate from the input embeddings (reference/janus.md section 2).
+    # The original LM head is separate from the input embeddings (docs/janus.md, original layout).
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
                        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
                        tie_word_embeddings=False)
 
 
-# Real language-model sizes of Janus-Pro (reference/janus.md; DeepSeek-LLM 1.3B / 7B, vocab 102400).
+# Real language-model sizes of Janus-Pro (DeepSeek-LLM 1.3B / 7B, vocab 102400; docs/janus.md).
 # transformers' default JanusVisionConfig and JanusVQVAEConfig are the real SigLIP-L/16 @ 384 tower
 # (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384).
 SIZE_PRESETS = {
@@ -153,7 +117,12 @@ SIZE_PRESETS = {
 def sized_config(tokenizer, preset: str):
     """A `JanusConfig` of a real model's architecture, for benchmarks with random weights. The tiny
     tokenizer is kept: its ids are a subset of the real 102400-row embedding and LM head."""
-    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+    from transformers import (
+        JanusConfig,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
 
     sizes = SIZE_PRESETS[preset]
     hidden = sizes["hidden_size"]
@@ -168,7 +137,9 @@ def sized_config(tokenizer, preset: str):
 
 def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE):
     from transformers import JanusProcessor
-    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+    from transformers.models.janus.image_processing_pil_janus import (
+        JanusImageProcessorPil,
+    )
 
     image_processor = JanusImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5],
@@ -176,15 +147,6 @@ def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = P
     return JanusProcessor(image_processor=image_processor, tokenizer=tokenizer,
                           chat_template=tokenizer.chat_template, use_default_system_prompt=True,
                           num_image_tokens=(image_size // patch_size) ** 2)
-
-
-def generation_config(tokenizer):
-    from transformers import GenerationConfig
-
-    return GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, guidance_scale=5.0, temperature=1.0,
-        generation_kwargs={"boi_token_id": tokenizer.convert_tokens_to_ids(BOI)})
 
 
 def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) -> Path:
@@ -210,26 +172,22 @@ def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) ->
     return out
 
 
-_CACHE: dict[str, Path] = {}
-
-
-def tiny_path(cache_dir: str | Path | None = None) -> Path:
-    """The embedded tiny model (`model.path: tiny`), built once per cache directory."""
+def tiny_path() -> Path:
+    """The embedded tiny model (`model.path: tiny`) in the cache (`janus_ft.files.tiny_model_dir`),
+    built there on first use."""
     import os
 
-    root = Path(cache_dir or os.environ.get("JANUS_FT_CACHE", Path.home() / ".cache" / "janus_ft"))
-    target = root / "tiny-janus-pro"
-    key = str(target)
-    if key not in _CACHE:
-        if not (target / "janus_ft_tiny.json").exists():
-            # Build beside the target and rename: another process (a second rank, a parallel test)
-            # never sees a half-written checkpoint; if it won the race, ours is simply discarded.
-            import shutil
-            tmp = root / f".tiny-{os.getpid()}"
-            build_tiny(tmp)
-            try:
-                tmp.rename(target)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-        _CACHE[key] = target
-    return _CACHE[key]
+    target = tiny_model_dir()
+    if not (target / "janus_ft_tiny.json").exists():
+        # Built beside the target and renamed: another process (a second rank, a parallel test)
+        # never sees a half-written checkpoint; if it won the race, ours is simply discarded.
+        staged = target.with_name(f".{target.name}-{os.getpid()}")
+        build_tiny(staged)
+        publish(staged, target, keep_existing=True)
+    return target
+
+
+def ensure_tiny(path: str | None) -> None:
+    """Build the tiny model when a command names it (`--model tiny`, `model.path: tiny`)."""
+    if path == "tiny":
+        tiny_path()

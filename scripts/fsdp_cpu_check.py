@@ -21,11 +21,11 @@ import torch.distributed as dist
 def model_and_batches(world: int):
     from transformers import JanusForConditionalGeneration, JanusProcessor, set_seed
 
-    from janus_ft.collate import collate
-    from janus_ft.model import apply_lora
+    from janus_ft.data.collate import collate
+    from janus_ft.model.lora import apply_lora
     from janus_ft.recipe import load_recipe
-    from janus_ft.sft import build_datasets, read_sources
     from janus_ft.tiny import tiny_path
+    from janus_ft.train.sft import build_datasets, read_sources
 
     recipe = load_recipe("recipes/demo.yaml", ["data.val=[]", "lora.dropout=0"])
     model = JanusForConditionalGeneration.from_pretrained(tiny_path())
@@ -50,7 +50,7 @@ def main() -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from janus_ft.loss import compute_loss_parts
+    from janus_ft.model.loss import compute_loss_parts
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -72,7 +72,7 @@ def random_adapter(base_dir, components: list[str], out: Path, seed: int = 0) ->
     from peft import LoraConfig, get_peft_model
     from transformers import JanusForConditionalGeneration
 
-    from janus_ft.model import target_regex
+    from janus_ft.model.lora import target_regex
 
     model = JanusForConditionalGeneration.from_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,

@@ -1,4 +1,4 @@
-"""janus_ft.chat / janus_ft.inference: answers equal plain transformers `generate()` on prompts built
+"""janus_ft.infer.chat / janus_ft.infer.prompts: answers equal plain transformers `generate()` on prompts built
 independently with the processor's chat template; an adapter answers like its merged model."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_adapter
 from PIL import Image
 
 from janus_ft.cli import main
 from janus_ft.errors import UserError
-from janus_ft.inference import adapter_base, build_prompt, load_for_inference
-from conftest import random_adapter
+from janus_ft.infer.prompts import build_prompt
+from janus_ft.model.loading import adapter_base, load_for_inference
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
 IMAGE = SAMPLES / "images" / "shape_0049.png"
@@ -154,8 +155,8 @@ def test_load_for_inference_prefers_adapter_processor(adapter):
 def test_batched_answers_equal_one_by_one(adapter):
     """Left-padded batches (text, image, multi-turn; different lengths) answer exactly as single
     prompts do, with an adapter so the answers are not trivially equal."""
-    from janus_ft.chat import Decoding, answer, answer_batch
-    from janus_ft.inference import prompt_record
+    from janus_ft.infer.chat import Decoding, answer, answer_batch
+    from janus_ft.infer.prompts import prompt_record
 
     model, processor = load_for_inference(None, adapter)
     records = [prompt_record("hi"), prompt_record(QUESTION, 1), prompt_record("and 2 + 2?", history=[("1 + 1?", "2")]),

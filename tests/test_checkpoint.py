@@ -1,4 +1,4 @@
-"""janus_ft.checkpoint and the trainer's guards: a run survives SIGKILL mid-save, SIGINT/SIGTERM save
+"""janus_ft.train.checkpoint and the trainer's guards: a run survives SIGKILL mid-save, SIGINT/SIGTERM save
 and stop, a NaN stops (or is skipped) before it reaches the weights, a full disk keeps earlier
 checkpoints, and an output_dir holding another run is never written into by mistake."""
 
@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from janus_ft.checkpoint import STAGING, check_output_dir
 from janus_ft.cli import main
 from janus_ft.errors import RecipeError
+from janus_ft.train.checkpoint import STAGING, check_output_dir
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "recipes/demo.yaml")
@@ -68,7 +68,7 @@ def assert_same_adapter(a: Path, b: Path) -> None:
 def test_kill_during_checkpoint_write_keeps_previous_and_resumes_exactly(straight, tmp_path):
     out = tmp_path / "run"
     # Die like SIGKILL (no cleanup) after checkpoint-4's weights are written, before its optimizer state.
-    prelude = ("import os\nfrom janus_ft.trainer import JanusTrainer\n"
+    prelude = ("import os\nfrom janus_ft.train.trainer import JanusTrainer\n"
                "orig = JanusTrainer._save_optimizer_and_scheduler\n"
                "def dying(self, output_dir):\n"
                "    if self.state.global_step == 4: os._exit(137)\n"
@@ -129,8 +129,8 @@ def test_signal_saves_a_checkpoint_and_stops(tiny_dir, tmp_path, sig):
 
 def _poison(monkeypatch, task: str, call: int):
     """Make the `call`-th training loss non-finite for `task`."""
-    import janus_ft.trainer as trainer_module
-    from janus_ft.dataset import TASK_IDS
+    import janus_ft.train.trainer as trainer_module
+    from janus_ft.janus import TASK_IDS
 
     task = TASK_IDS[task]
     real, calls = trainer_module.compute_loss_parts, []
@@ -170,7 +170,7 @@ def test_nan_policy_skip_counts_and_keeps_weights_finite(tiny_dir, tmp_path, mon
 
 
 def test_disk_full_during_checkpoint_keeps_earlier_ones(tiny_dir, tmp_path, monkeypatch, capsys):
-    from janus_ft.trainer import JanusTrainer
+    from janus_ft.train.trainer import JanusTrainer
 
     out = tmp_path / "run"
     real = JanusTrainer._save_optimizer_and_scheduler
@@ -217,7 +217,7 @@ def test_check_output_dir_cases(tmp_path):
 
 
 def test_overwrite_that_cannot_delete_is_a_recipe_error(tmp_path, monkeypatch):
-    import janus_ft.checkpoint as checkpoint
+    import janus_ft.train.checkpoint as checkpoint
 
     out = tmp_path / "run"
     (out / "checkpoint-2").mkdir(parents=True)
@@ -226,5 +226,6 @@ def test_overwrite_that_cannot_delete_is_a_recipe_error(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(checkpoint.shutil, "rmtree", refuse)
-    with pytest.raises(RecipeError, match=r"cannot empty it for train.overwrite_output_dir \(Permission denied: .*checkpoint-2\)"):
+    refused = r"cannot empty it for train.overwrite_output_dir \(Permission denied: .*checkpoint-2\)"
+    with pytest.raises(RecipeError, match=refused):
         check_output_dir(out, resume=False, overwrite=True)

@@ -6,9 +6,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from janus_ft.conversation import (DEFAULT_SYSTEM_PROMPT, content_parts, detect_format, render,
-                                   render_text, user_content)
-from janus_ft.records import parse_record
+from janus_ft.data.conversation import (
+    DEFAULT_SYSTEM_PROMPT,
+    content_parts,
+    detect_format,
+    render,
+    render_text,
+    user_content,
+)
+from janus_ft.data.records import parse_record
 from janus_ft.tiny import build_tiny
 
 E = "<｜end▁of▁sentence｜>"
@@ -106,8 +112,8 @@ def test_images_in_text_render_like_the_chat_template(tiny_processor, janus13_pr
     """Training prompt == the checkpoint's chat template over the content parts a user would pass,
     as strings and as token ids (images expanded; the processor adds the default system prompt),
     for both formats."""
-    from janus_ft.dataset import JanusDataset
-    from janus_ft.tokens import IGNORE_INDEX
+    from janus_ft.data.dataset import JanusDataset
+    from janus_ft.janus import IGNORE_INDEX
 
     processor = tiny_processor if fmt == "janus-pro" else janus13_processor
     n = query.count("<image>")
@@ -136,8 +142,8 @@ def test_mid_sentence_images_keep_their_spaces():
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_prompt_ids_equal_processor_at_inference(tiny_processor, tmp_path, n_images):
     """Training prompt = inference prompt, token for token, images expanded the same way."""
-    from janus_ft.dataset import JanusDataset
-    from janus_ft.tokens import IGNORE_INDEX
+    from janus_ft.data.dataset import JanusDataset
+    from janus_ft.janus import IGNORE_INDEX
 
     paths = []
     for i in range(n_images):

@@ -11,10 +11,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from janus_ft import convert_layout as layout
 from janus_ft.cli import main
-from janus_ft.convert import convert_from_deepseek, convert_to_deepseek, parse_size
 from janus_ft.errors import UserError
+from janus_ft.export import names as layout
+from janus_ft.export.convert import (
+    convert_from_deepseek,
+    convert_to_deepseek,
+    parse_size,
+)
 from janus_ft.tiny import build_tiny
 
 
@@ -347,7 +351,7 @@ def test_cli_converts_into_shards(tiny, tmp_path, capsys):
 def test_chat_template_choice(tmp_path, fmt, sft_format, roles):
     from types import SimpleNamespace
 
-    from janus_ft.convert_assets import pick_chat_template
+    from janus_ft.export.assets import pick_chat_template
 
     (tmp_path / "processor_config.json").write_text(json.dumps({"sft_format": sft_format}))
     template, notes = pick_chat_template(tmp_path, SimpleNamespace(chat_template=None), fmt)
@@ -394,7 +398,7 @@ def test_sharded_bin_input_converts(tiny, deepseek, tmp_path):
 
 def _reshard(tiny: Path, target: Path, max_bytes: int) -> Path:
     """The tiny checkpoint saved as many safetensors shards (an index, like save_pretrained)."""
-    from janus_ft.convert import MemoryMeter, ShardWriter
+    from janus_ft.export.convert import MemoryMeter, ShardWriter
 
     shutil.copytree(tiny, target, ignore=shutil.ignore_patterns("*.safetensors"))
     writer = ShardWriter(target, "model", max_bytes, MemoryMeter())

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 from PIL import Image
 
-from conftest import write_jsonl
 from janus_ft.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,4 +94,4 @@ def test_malformed_json_names_the_column(tmp_path, capsys, text, column):
     path.write_text('{"query": "fine", "response": "yes"}\n' + text + "\n")
     assert main(["data", "check", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"bad.jsonl:2: malformed JSON (" in err and f"at column {column})" in err, err
+    assert "bad.jsonl:2: malformed JSON (" in err and f"at column {column})" in err, err

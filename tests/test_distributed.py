@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import need
 from safetensors.torch import load_file
 
-from conftest import need
+from janus_ft.data.mixture import build_schedule
 from janus_ft.errors import RecipeError
-from janus_ft.mixture import build_schedule
 from janus_ft.recipe import TrainArgs, load_recipe
 
+pytestmark = pytest.mark.slow   # several processes per test: `-m 'not slow'` skips them locally
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "demo.yaml"
 STEPS = 4
@@ -63,7 +64,7 @@ def torchrun(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, str
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_dir):
     """The reference: one process, 4 samples per step."""
-    from janus_ft.sft import run_sft
+    from janus_ft.train.sft import run_sft
 
     out = tmp_path_factory.mktemp("single") / "run"
     run_sft(load_recipe(DEMO, [*COMMON, "train.per_device_train_batch_size=4", f"output_dir={out}"]))
@@ -133,9 +134,12 @@ def test_each_rank_reads_its_own_shard_and_a_step_is_the_schedules_block(per_dev
 @pytest.mark.parametrize("name,stage", [("zero2.json", 2), ("zero3.json", 3)])
 def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, stage, tmp_path, monkeypatch):
     need("deepspeed")
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+    from transformers.integrations.deepspeed import (
+        HfTrainerDeepSpeedConfig,
+        unset_hf_deepspeed_config,
+    )
 
-    from janus_ft.sft import sft_config
+    from janus_ft.train.sft import sft_config
 
     monkeypatch.chdir(tmp_path)   # train.deepspeed is relative to the recipe file from anywhere
     recipe = load_recipe(DEMO, [f"train.deepspeed=deepspeed/{name}", "output_dir=o"])
@@ -167,7 +171,10 @@ def test_fsdp_accelerate_config_wraps_janus_layers(tiny_model):
     FSDP2 plugin whose wrap policy finds the LLM and SigLIP layers in a Janus model."""
     from unittest import mock
 
-    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.commands.launch import (
+        _validate_launch_command,
+        launch_command_parser,
+    )
     from accelerate.utils import FullyShardedDataParallelPlugin, prepare_multi_gpu_env
 
     parser = launch_command_parser()
@@ -183,7 +190,7 @@ def test_fsdp_accelerate_config_wraps_janus_layers(tiny_model):
 
 
 def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch):
-    from janus_ft.distributed import distributed_fields
+    from janus_ft.train.distributed import distributed_fields
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -239,7 +246,7 @@ elif hook == "probe_window":
 if hook == "kill_mid_save" and rank == "1":
     # Rank 1 dies by SIGKILL in the middle of checkpoint-4: rank 0 has written the adapter into
     # staging, rank 1's optimizer step and RNG state never come.
-    from janus_ft.trainer import JanusTrainer
+    from janus_ft.train.trainer import JanusTrainer
     real_save = JanusTrainer._save_optimizer_and_scheduler
 
     def save(self, output_dir):

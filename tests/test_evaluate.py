@@ -1,4 +1,4 @@
-"""janus_ft.evaluate: `janus-ft eval` on the tiny model and the bundled val samples. Losses are
+"""janus_ft.eval.evaluate: `janus-ft eval` on the tiny model and the bundled val samples. Losses are
 checked against independent computations (transformers' own loss for understanding, a hand-built
 generation forward for image tokens); `--compare-base` reports base, adapter and their delta."""
 
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_adapter
 from PIL import Image
 
 from janus_ft.cli import main
-from janus_ft.metrics import mean_nll, token_nll
-from janus_ft.records import read_records
-from conftest import random_adapter
-from janus_ft.vq import encode_images
+from janus_ft.data.records import read_records
+from janus_ft.data.vq import encode_images
+from janus_ft.eval.metrics import mean_nll, token_nll
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
 UND_VAL, GEN_VAL = SAMPLES / "understanding_val.jsonl", SAMPLES / "generation_val.jsonl"

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from janus_ft.dataset import JanusDataset, load_records
+from janus_ft.data.dataset import JanusDataset, load_records
 from janus_ft.errors import BadRecord
-from janus_ft.records import RESERVED, TASKS
+from janus_ft.janus import IMAGE_TOKENS as RESERVED
+from janus_ft.janus import TASKS
 
 FUZZ = settings(max_examples=int(os.environ.get("JANUS_FT_FUZZ_EXAMPLES", "150")), deadline=None,
                 derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

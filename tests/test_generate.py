@@ -1,4 +1,4 @@
-"""janus_ft.generate: seeded CFG sampling equals transformers' own image-mode `generate`, and the
+"""janus_ft.infer.generate: seeded CFG sampling equals transformers' own image-mode `generate`, and the
 PNGs are exactly the decoded codes."""
 
 from __future__ import annotations
@@ -7,12 +7,16 @@ import json
 
 import numpy as np
 import torch
+from conftest import random_adapter
 from PIL import Image
 
 from janus_ft.cli import main
-from janus_ft.generate import contact_sheet, image_generation_config, prompt_inputs
-from conftest import random_adapter
-from janus_ft.vq import decode_codes_to_pil
+from janus_ft.data.vq import decode_codes_to_pil
+from janus_ft.infer.generate import (
+    contact_sheet,
+    image_generation_config,
+    prompt_inputs,
+)
 
 CAPTION = "a red circle on a blue background"
 N_TOKENS = 16
@@ -31,9 +35,10 @@ def _reference_codes(model, processor, seed: int, n: int, cfg: float, temperatur
 
 
 def test_prompt_is_the_training_generation_prompt(tiny_base):
-    from janus_ft.conversation import render
-    from janus_ft.records import Record
-    from janus_ft.tokens import SpecialIds, encode
+    from janus_ft.data.conversation import render
+    from janus_ft.data.records import Record
+    from janus_ft.data.tokens import encode
+    from janus_ft.janus import SpecialIds
 
     _, processor = tiny_base
     ids = prompt_inputs(processor, CAPTION, "janus-pro")["input_ids"][0].tolist()
@@ -103,7 +108,7 @@ def test_generate_user_errors_exit_2(tiny_dir, tmp_path, capsys):
 def test_doctests():
     import doctest
 
-    from janus_ft import generate
+    from janus_ft.infer import generate
 
     assert doctest.testmod(generate).failed == 0
 

@@ -13,14 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_jsonl
 from PIL import Image
 
-from conftest import write_jsonl
-from janus_ft.dataset import JanusDataset
+from janus_ft.data.dataset import JanusDataset
+from janus_ft.data.images import MAX_ASPECT, check_images, open_rgb, to_rgb
+from janus_ft.data.records import parse_record
+from janus_ft.data.vq import (
+    _decode_image,
+    _read_image_bytes,
+    preprocess_generation_image,
+)
 from janus_ft.errors import BadRecord, UserError
-from janus_ft.images import MAX_ASPECT, check_images, open_rgb, to_rgb
-from janus_ft.records import parse_record
-from janus_ft.vq import _decode_image, _read_image_bytes, preprocess_generation_image
 
 RED, WHITE, BLACK = (255, 0, 0), (255, 255, 255), (0, 0, 0)
 
@@ -222,7 +226,7 @@ def test_check_images_reports_every_bad_reference_once_decoded(image_dir):
 
 
 def test_data_check_lists_all_bad_images_before_loading_anything(image_dir, capsys, monkeypatch):
-    import janus_ft.data_cli as data_cli
+    import janus_ft.cli.data as data_cli
 
     def no_model(*args):
         raise AssertionError("data check loaded a processor or model despite bad images")
@@ -258,7 +262,7 @@ def test_image_paths_no_file_system_accepts_are_clean(tmp_path):
 def test_codes_for_files_encodes_odd_kinds_and_refuses_bad_ones(image_dir, tiny_model, tmp_path):
     """End to end on the VQ path: odd kinds encode to the codes of their RGB conversion; a bad file
     stops encoding with a message naming it (checked before any encoder pass)."""
-    from janus_ft.vq import CodeCache, codes_for_files, encode_images
+    from janus_ft.data.vq import CodeCache, codes_for_files, encode_images
 
     names = ["palette_trns.png", "grey16.png", "cmyk.jpg", "la.png"]
     cache = CodeCache(tmp_path / "cache")

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from janus_ft.collate import collate, pack
-from janus_ft.dataset import JanusDataset
-from janus_ft.loss import compute_loss_parts
-from janus_ft.records import parse_record
+from janus_ft.data.collate import collate, pack
+from janus_ft.data.dataset import JanusDataset
+from janus_ft.data.records import parse_record
+from janus_ft.janus import TASK_IDS
+from janus_ft.model.loss import compute_loss_parts
 
 
 @pytest.fixture()
@@ -49,15 +50,16 @@ def test_batch_padding_and_packing_do_not_move_image_features(tiny_model, sample
         assert parts.n_tokens == sum(a.n_tokens for a in alone)
         assert float(parts.total) == pytest.approx(total_alone, rel=1e-5)
     # per task, too (each task's samples summed alone)
-    for task in (0, 1, 2):
+    for task in TASK_IDS.values():
         want = sum(a.per_task[task][0] for a in alone if task in a.per_task)
         assert batched.per_task[task][0] == pytest.approx(want, rel=1e-5)
     # and the understanding loss really depends on the image: swap pixels between two samples
     swapped = collate(samples, pad)
     swapped["pixel_values"] = swapped["pixel_values"].flip(0)
     with torch.no_grad():
-        assert float(compute_loss_parts(tiny_model, swapped).per_task[1][0]) != pytest.approx(
-            batched.per_task[1][0], rel=1e-4)
+        und = TASK_IDS["understanding"]
+        assert float(compute_loss_parts(tiny_model, swapped).per_task[und][0]) != pytest.approx(
+            batched.per_task[und][0], rel=1e-4)
 
 
 def test_generation_loss_equals_hand_computed_reference(tiny_model, samples, tiny_processor):

@@ -34,7 +34,7 @@ def make_adapter(base_dir: Path, out: Path, lora_args, seed: int = 0):
     trivially equal to the base."""
     from transformers import JanusProcessor
 
-    from janus_ft.model import apply_lora
+    from janus_ft.model.lora import apply_lora
 
     peft_model = apply_lora(load(base_dir), lora_args)
     gen = torch.Generator().manual_seed(seed)
@@ -74,7 +74,8 @@ def inputs(base_dir):
     from PIL import Image
     from transformers import JanusProcessor
 
-    from janus_ft.tiny import BOI, CODEBOOK_SIZE
+    from janus_ft.janus import BOI
+    from janus_ft.tiny import CODEBOOK_SIZE
 
     proc = JanusProcessor.from_pretrained(base_dir)
     tok = proc.tokenizer
@@ -155,7 +156,7 @@ def test_merged_dir_is_a_standard_checkpoint(merged, base_dir):
 def test_generation_config_carries_cfg_defaults(merged, base_dir, tmp_path):
     from transformers import JanusProcessor
 
-    from janus_ft.tiny import BOI
+    from janus_ft.janus import BOI
 
     tok = JanusProcessor.from_pretrained(base_dir).tokenizer
     want = {"guidance_scale": 5.0, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
@@ -250,17 +251,17 @@ def test_missing_adapter_is_a_user_error(tmp_path, capsys):
 
 
 def test_base_falls_back_to_the_recipe(small_adapter, base_dir, tmp_path):
-    from janus_ft.merge import resolve_base
+    from janus_ft.export.merge import base_name
 
     moved = tmp_path / "adapter"
     shutil.copytree(small_adapter, moved)
     config = json.loads((moved / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base_dir)
-    assert resolve_base(moved, None) == str(base_dir)
+    assert base_name(moved, None) == str(base_dir)
     config["base_model_name_or_path"] = str(tmp_path / "gone")          # e.g. another machine's cache
     (moved / "adapter_config.json").write_text(json.dumps(config))
-    assert resolve_base(moved, None) == str(base_dir)                   # recipe.yaml's model.path
-    assert resolve_base(moved, str(base_dir)) == str(base_dir)
+    assert base_name(moved, None) == str(base_dir)                      # recipe.yaml's model.path
+    assert base_name(moved, "tiny") == "tiny"                           # --base, as given
 
 
 def test_python_api_is_exported(small_adapter, tmp_path):

@@ -1,21 +1,23 @@
-"""janus_ft.metrics: hand-made cases for CER, edit distance, normalised exact match, NLL."""
+"""janus_ft.eval.metrics: hand-made cases for CER, edit distance, normalised exact match, NLL."""
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import pytest
 import torch
 
-from janus_ft import metrics
-from janus_ft.metrics import (cer, exact_match, levenshtein, mean_nll, normalize_latex,
-                              normalized_edit_distance, perplexity, text_scores, token_nll)
-
-
-def test_doctests():
-    result = doctest.testmod(metrics)
-    assert result.attempted > 10 and result.failed == 0
+from janus_ft.eval.metrics import (
+    cer,
+    exact_match,
+    levenshtein,
+    mean_nll,
+    normalize_latex,
+    normalized_edit_distance,
+    perplexity,
+    text_scores,
+    token_nll,
+)
 
 
 @pytest.mark.parametrize("a, b, distance", [

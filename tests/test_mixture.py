@@ -3,7 +3,7 @@ trainer consumes."""
 
 import pytest
 
-from janus_ft.mixture import block_counts, build_schedule
+from janus_ft.data.mixture import block_counts, build_schedule
 
 
 @pytest.mark.parametrize("global_batch", [10, 4, 3, 16])
@@ -18,7 +18,7 @@ def test_ratios_over_100_steps(global_batch):
         assert share == pytest.approx(ratio / 10, abs=0.01)     # within one percentage point
         assert all(0 <= i < sizes[task] for t, i in schedule if t == task)
     # every step holds its share, rounded: never more than one sample away from the exact ratio
-    for step, counts in enumerate(block_counts(ratios, global_batch, 100)):
+    for counts in block_counts(ratios, global_batch, 100):
         assert sum(counts.values()) == global_batch
         for task, c in counts.items():
             assert abs(c - global_batch * ratios[task] / 10) < 1 + 1e-9

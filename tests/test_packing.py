@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from janus_ft.collate import collate, pack, real_token_fraction
-from janus_ft.dataset import JanusDataset, load_records
+from janus_ft.data.collate import collate, pack, real_token_fraction
+from janus_ft.data.dataset import JanusDataset, load_records
+from janus_ft.data.mixture import MixtureDataset
 from janus_ft.errors import RecipeError
-from janus_ft.mixture import MixtureDataset
 from janus_ft.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent

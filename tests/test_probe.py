@@ -1,15 +1,15 @@
-"""janus_ft.probe: what evaluation during training adds to the loss -- scored greedy answers and a
+"""janus_ft.train.probe: what evaluation during training adds to the loss -- scored greedy answers and a
 grid of drawn images -- on the tiny model, without a trainer."""
 
 from __future__ import annotations
 
+from conftest import SAMPLES
 from PIL import Image
 
-from conftest import SAMPLES
-from janus_ft.dataset import JanusDataset, load_records
-from janus_ft.evaluate import answer_records
-from janus_ft.chat import Decoding
-from janus_ft.probe import TrainingProbe
+from janus_ft.data.dataset import JanusDataset, load_records
+from janus_ft.eval.evaluate import answer_records
+from janus_ft.infer.chat import Decoding
+from janus_ft.train.probe import TrainingProbe
 
 
 def test_probe_scores_answers_and_draws_fixed_prompts(tiny_base, tmp_path):

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import need
+from test_lora import mixed_batch
 from torch import nn
 
 from janus_ft.cli import main
 from janus_ft.errors import RecipeError
-from janus_ft.loss import compute_loss_parts, core_model
-from janus_ft.model import COMPONENT_PATHS, apply_lora, load_model_and_processor, train_in_fp32
+from janus_ft.janus import COMPONENT_PATHS
+from janus_ft.model.loading import load_model_and_processor, train_in_fp32
+from janus_ft.model.lora import apply_lora
+from janus_ft.model.loss import compute_loss_parts, core_model
 from janus_ft.recipe import LoraArgs, ModelArgs, load_recipe
-from conftest import need
-from test_model import mixed_batch
 
 bnb = need("bitsandbytes")
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +92,7 @@ def test_sft_trains_and_the_adapter_loads_with_plain_peft(tiny_dir, tiny_process
     from peft import PeftModel
     from transformers import BitsAndBytesConfig, JanusForConditionalGeneration
 
-    from janus_ft.sft import run_sft
+    from janus_ft.train.sft import run_sft
 
     extra = ["train.gradient_checkpointing=true"] if quantization == "4bit" else []
     result = run_sft(sft_recipe(tmp_path / "run", quantization, extra))
@@ -124,10 +126,11 @@ def test_modules_to_save_train_in_fp32_on_a_quantized_base(tiny_dir, tmp_path):
     """TRL's SFTTrainer casts trainable parameters of a quantized model to bf16; a fully trained
     module then fails against fp32 activations on CPU. `train_in_fp32` restores fp32 before the
     optimizer exists, and the saved module trains."""
-    from janus_ft.collate import JanusCollator
-    from janus_ft.mixture import MixtureDataset
-    from janus_ft.sft import build_datasets, read_sources, sft_config
-    from janus_ft.trainer import JanusTrainer
+    from janus_ft.data.collate import JanusCollator
+    from janus_ft.data.dataset import build_datasets, read_sources
+    from janus_ft.data.mixture import MixtureDataset
+    from janus_ft.train.sft import sft_config
+    from janus_ft.train.trainer import JanusTrainer
 
     recipe = sft_recipe(tmp_path / "run", "4bit", ["lora.targets=[llm]", "lora.modules_to_save=[aligner]",
                                                     "data.mix={understanding: 1}", "train.max_steps=3"])
@@ -149,9 +152,9 @@ def test_modules_to_save_train_in_fp32_on_a_quantized_base(tiny_dir, tmp_path):
 def test_quantization_without_bitsandbytes_is_a_recipe_error(monkeypatch, capsys):
     import sys
 
-    import janus_ft.model
+    import janus_ft.model.lora
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)   # `import bitsandbytes` now fails
-    monkeypatch.setattr(janus_ft.model, "load_model_and_processor",
+    monkeypatch.setattr(janus_ft.model.lora, "load_model_and_processor",
                         lambda *a: pytest.fail("weights loaded before the platform check"))
     code = main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), "model.quantization=4bit"])
     assert code == 2

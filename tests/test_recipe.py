@@ -7,7 +7,7 @@ import pytest
 from janus_ft.cli import main
 from janus_ft.errors import RecipeError
 from janus_ft.recipe import load_recipe, save_recipe
-from janus_ft.sft import sft_config
+from janus_ft.train.sft import sft_config
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

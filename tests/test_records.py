@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from janus_ft.data.records import parse_line, parse_record, read_records
 from janus_ft.errors import BadRecord
-from janus_ft.records import parse_line, parse_record, read_records
 
 
 def parse(obj):
@@ -83,7 +83,7 @@ def _file(tmp_path, data: bytes) -> Path:
 
 def _both_ways(path):
     """(records, errors) the way `data check` reads, plus training's first error (or None)."""
-    from janus_ft.dataset import load_records
+    from janus_ft.data.dataset import load_records
 
     errors = []
     records = load_records([path], errors)

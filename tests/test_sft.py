@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from janus_ft.cli import main
-from janus_ft.records import read_records
+from janus_ft.data.records import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "data_templates"))
@@ -28,9 +28,9 @@ def shapes(tmp_path_factory):
 
 def answer_scores(model, processor, record):
     """Log-likelihood of each colour as the answer, scored by the model's own text head."""
-    from janus_ft.collate import collate
-    from janus_ft.dataset import JanusDataset
-    from janus_ft.loss import compute_loss_parts
+    from janus_ft.data.collate import collate
+    from janus_ft.data.dataset import JanusDataset
+    from janus_ft.model.loss import compute_loss_parts
 
     scores = []
     for colour in COLOURS:
@@ -57,7 +57,7 @@ def trained(shapes, tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("run") / "shapes"
     train, _ = shapes
     from janus_ft.recipe import load_recipe
-    from janus_ft.sft import run_sft
+    from janus_ft.train.sft import run_sft
     recipe = load_recipe(None, [
         f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
@@ -180,7 +180,7 @@ def subjects(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_generation(subjects, tmp_path_factory):
     from janus_ft.recipe import load_recipe
-    from janus_ft.sft import run_sft
+    from janus_ft.train.sft import run_sft
 
     train, _ = subjects
     out = tmp_path_factory.mktemp("run") / "t2i"
@@ -193,9 +193,9 @@ def trained_generation(subjects, tmp_path_factory):
 
 
 def generation_nll(model, processor, jsonl):
-    from janus_ft.evaluate import task_loss
+    from janus_ft.data.dataset import build_datasets, read_sources
+    from janus_ft.eval.evaluate import task_loss
     from janus_ft.recipe import DataSource, load_recipe
-    from janus_ft.sft import build_datasets, read_sources
 
     ds = build_datasets(read_sources([DataSource(str(jsonl))]), model, processor, load_recipe(None, [
         f"data.train=[{{path: {jsonl}}}]"]), "janus-pro")["generation"]
@@ -206,7 +206,7 @@ def generation_nll(model, processor, jsonl):
 def cfg_match(model, processor, train_ds, per_subject=20, subjects=4):
     """Fraction of code positions where CFG samples (scale 5, temperature 1) for a trained caption
     equal that subject's most frequent training code at the position."""
-    from janus_ft.generate import sample_codes
+    from janus_ft.infer.generate import sample_codes
 
     codes = torch.tensor([[c for c in ex.labels if c != -100] for ex in train_ds.examples])
     hits = []

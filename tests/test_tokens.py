@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from janus_ft.conversation import render
-from janus_ft.records import parse_record
-from janus_ft.tokens import IGNORE_INDEX, SpecialIds, drop_condition, encode
+from janus_ft.data.conversation import render
+from janus_ft.data.records import parse_record
+from janus_ft.data.tokens import drop_condition, encode
+from janus_ft.janus import IGNORE_INDEX, SpecialIds
 
 
 def _encode(processor, obj, codes=None, **kw):

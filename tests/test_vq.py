@@ -1,4 +1,4 @@
-"""janus_ft.vq: faithful (L2-normalised) VQ codes, generation preprocessing, the code cache."""
+"""janus_ft.data.vq: faithful (L2-normalised) VQ codes, generation preprocessing, the code cache."""
 
 from __future__ import annotations
 
@@ -10,10 +10,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from janus_ft.data.vq import (
+    CacheKey,
+    CodeCache,
+    codes_for_files,
+    decode_codes_to_pil,
+    default_cache_dir,
+    encode_images,
+    find_vq_model,
+    preprocess_generation_image,
+    vq_fingerprint,
+)
 from janus_ft.tiny import CODEBOOK_SIZE, IMAGE_SIZE, build_tiny
-from janus_ft.vq import (CacheKey, CodeCache, codes_for_files, decode_codes_to_pil,
-                         default_cache_dir, encode_images, find_vq_model,
-                         preprocess_generation_image, vq_fingerprint)
 
 N_TOKENS = (IMAGE_SIZE // 16) ** 2  # 64 px, VQ downsamples by 16 -> 4 x 4
 

@@ -1,0 +1,388 @@
+"""`janus-ft bench --recipe R.yaml [section.key=value ...]`: how fast a recipe trains, and where the
+time and memory go.
+
+Runs warm-up + N optimizer steps of the recipe with the real trainer and reports samples/s,
+supervised tokens/s, the real-token fraction of batches, peak memory (RSS on CPU, allocated on
+GPU), the step time split into data / forward / backward / optimizer, and MFU (model FLOPs per
+second, `janus_ft.throughput`, over a matmul timed on the same device in the same dtype).
+`--compare` adds variants on the same batches, side by side:
+
+    bare           a plain PyTorch loop (AdamW, same model, LoRA, collator and loss)
+    cache          generation targets re-encoded by the VQ encoder every step vs the code cache
+    checkpointing  gradient checkpointing on vs off (peak memory)
+
+Timing wraps the trainer's own stages (a subclass hook per stage, plus callbacks), with a device
+synchronisation at each boundary so GPU work is charged to the stage that launched it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+BASELINE = "janus-ft"
+COMPARISONS = {"bare": "bare", "cache": "reencode", "checkpointing": "checkpointing"}
+
+
+def benchmark(args) -> dict:
+    """Run the variants `args` names (from `janus-ft bench`) and return the report."""
+    from ..errors import RecipeError
+    from ..recipe import load_recipe
+
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        raise RecipeError("--steps and --rounds must be >= 1, --warmup >= 0")
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.random_model:
+        recipe.model.path = str(random_model_path(args.random_model))
+    from ..tiny import ensure_tiny
+    ensure_tiny(recipe.model.path)
+    variants = [args.variant] if args.variant else variant_names(args.compare)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = compute_dtype(recipe)
+    from .throughput import peak_matmul_flops
+    peak = args.peak_flops or peak_matmul_flops(device, dtype)
+    order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
+    if len(variants) > 1 and not args.in_process:
+        runs = [run_child(args, name, peak) for name in order]
+    else:
+        setup = Setup(recipe)
+        runs = [bench_variant(recipe, name, setup, args.steps, args.warmup, peak) for name in order]
+    if not args.peak_flops:   # a busy machine lowers one reading: keep the better of before and after
+        peak = max(peak, peak_matmul_flops(device, dtype))
+    results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
+    report = {"command": command_line(args), "machine": machine(device), "recipe": args.recipe, "overrides": args.overrides,
+              "model": {"path": recipe.model.path, "dtype": recipe.model.dtype,
+                        "quantization": recipe.model.quantization, "random_model": args.random_model},
+              "steps": args.steps, "warmup": args.warmup, "compute_dtype": str(dtype).replace("torch.", ""),
+              "peak_matmul_flops": peak, "variants": results}
+    return report
+
+
+def variant_names(compare: list[str]) -> list[str]:
+    names = [BASELINE]
+    for c in compare:
+        if COMPARISONS[c] not in names:
+            names.append(COMPARISONS[c])
+    return names
+
+
+def compute_dtype(recipe) -> torch.dtype:
+    """The dtype matmuls run in: the weights' (bf16 on a GPU also under autocast; 4-bit weights are
+    dequantized to it)."""
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.model.dtype, torch.float32)
+
+
+def random_model_path(preset: str) -> Path:
+    """A random Janus of a real model's size, written once (bf16) under $JANUS_FT_CACHE."""
+    from transformers import JanusForConditionalGeneration
+
+    from ..files import cache_root, publish
+    from ..janus import generation_config
+    from ..tiny import build_processor, build_tokenizer, sized_config
+
+    target = cache_root() / f"random-{preset}"
+    if (target / "janus_ft_random.json").exists():
+        return target
+    tokenizer = build_tokenizer("janus-pro")
+    config = sized_config(tokenizer, preset)
+    torch.manual_seed(0)
+    # Initialised where it will train: a 7B model on the GPU takes seconds, on a CPU minutes.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = JanusForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.generation_config = generation_config(tokenizer)
+    staged = target.with_name(f".{target.name}-{os.getpid()}")   # renamed in when complete
+    model.save_pretrained(staged)
+    build_processor(tokenizer, image_size=config.vision_config.image_size).save_pretrained(staged)
+    (staged / "janus_ft_random.json").write_text(json.dumps({"preset": preset}) + "\n")
+    publish(staged, target, keep_existing=True)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return target
+
+
+class Setup:
+    """What every variant shares: validated records and per-task datasets (VQ codes cached), built
+    with the first loaded model, which the first variant then trains."""
+
+    def __init__(self, recipe):
+        from ..data.conversation import detect_format
+        from ..data.dataset import build_datasets, require_tasks
+        from ..model.loading import load_model_and_processor
+        from ..train.sft import read_data
+
+        records, _ = read_data(recipe)
+        self.model, self.processor = load_model_and_processor(recipe.model)
+        if torch.cuda.is_available() and not getattr(self.model, "hf_device_map", None):
+            self.model.to("cuda")   # VQ-encode the generation targets on the GPU, not the CPU
+        fmt = detect_format(self.processor) if recipe.model.format == "auto" else recipe.model.format
+        self.train_sets = build_datasets(records, self.model, self.processor, recipe, fmt)
+        require_tasks(self.train_sets, recipe.data.mix)
+
+    def take_model(self, recipe):
+        from ..model.loading import load_model_and_processor
+
+        model, self.model = self.model, None
+        return model if model is not None else load_model_and_processor(recipe.model)[0]
+
+
+def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak: float) -> dict:
+    from ..data.collate import JanusCollator
+    from ..model.lora import apply_lora
+    from ..train.sft import sft_config, training_schedule
+    from .throughput import FlopModel, PeakMemory, StepTimer, summarize
+
+    recipe = copy.deepcopy(recipe)
+    recipe.train.gradient_checkpointing = name == "checkpointing" or recipe.train.gradient_checkpointing
+    with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as out:
+        recipe.output_dir = out
+        recipe.train.extra = {**recipe.train.extra, "save_strategy": "no"}
+        model = setup.take_model(recipe)
+        torch.manual_seed(recipe.train.seed)   # the same LoRA initialisation in every variant
+        model = apply_lora(model, recipe.lora)
+        n_steps = recipe.train.max_steps = warmup + steps
+        mixture, _, _ = training_schedule(recipe, setup.train_sets)
+        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing)
+        args = sft_config(recipe, n_steps, has_eval=False)
+        timer = StepTimer(FlopModel.of(model), args.device)
+        reencode = Reencoder(model, setup.train_sets) if name == "reencode" else None
+        memory = PeakMemory(args.device)
+        if name == "bare":
+            bare_loop(model, mixture, collator, args, n_steps, timer)
+        else:
+            trainer_loop(model, mixture, collator, args, setup.processor, timer, reencode)
+        result = summarize(name, timer.steps[warmup:], peak, memory.read())
+        if reencode is not None:
+            result["reencoded_codes_differing"] = reencode.differing
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+# --- the two loops -----------------------------------------------------------------------------
+
+def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None) -> None:
+    from transformers import TrainerCallback
+
+    from ..train.trainer import JanusTrainer
+
+    class TimedTrainer(JanusTrainer):
+        """JanusTrainer with a stopwatch on its data, forward and backward stages."""
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            with timer.part("data"):
+                batches, n_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            for batch in batches:
+                timer.count(batch)
+            return batches, n_items
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if reencode is not None:
+                with timer.part("vq_encode"):
+                    inputs = reencode(inputs)
+            start, forward = timer.now(), timer.parts["forward"]
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            # training_step = move to the device + compute_loss (timed there) + backward; the move
+            # counts as forward, as in the bare loop
+            timer.add("forward", timer.moved_at - start)
+            timer.add("backward", timer.now() - start - (timer.parts["forward"] - forward))
+            timer.loss += float(loss)
+            timer.last_backward_end = timer.now()
+            return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            timer.moved_at = timer.now()
+            with timer.part("forward"):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    class Stopwatch(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):   # gradient clipping + step
+            timer.add("optimizer", timer.now() - timer.last_backward_end)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.end_step()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            timer.restart()
+
+    trainer = TimedTrainer(model=model, args=args, train_dataset=mixture.as_hf_dataset(),
+                           processing_class=processor, data_collator=collator, callbacks=[Stopwatch()])
+    trainer.train()
+
+
+def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
+    """The same training with nothing but PyTorch: what the framework is measured against."""
+    from transformers import get_scheduler
+
+    from ..model.loss import compute_loss_parts, core_model
+
+    device = torch.device(args.device)
+    if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
+        model.to(device)
+    model.train()
+    loader = torch.utils.data.DataLoader(
+        mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
+        num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                  fused="fused" in str(args.optim))
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.warmup_steps, n_steps)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    batches = iter(loader)
+    timer.restart()
+    for _ in range(n_steps):
+        with timer.part("data"):
+            micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+        n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        for batch in micro:
+            timer.count(batch)
+            with timer.part("forward"):   # the move to the device included, as in the trainer
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast():
+                    loss = compute_loss_parts(model, batch).total / max(n_items, 1)
+            with timer.part("backward"):
+                loss.backward()
+            timer.loss += loss.item()
+        with timer.part("optimizer"):
+            if args.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        timer.end_step()
+
+
+class Reencoder:
+    """Re-encodes the generation targets of a batch through the VQ encoder, as training without the
+    code cache must every step (the image is found from its cached codes; the codes must agree)."""
+
+    def __init__(self, model, datasets):
+        from ..model.loss import core_model
+
+        gen = datasets.get("generation")
+        self.paths = {tuple(c): p for p, c in (gen.codes or {}).items()} if gen is not None else {}
+        self.model, self.image_token_id = model, core_model(model).config.image_token_id
+        self.n = len(next(iter(self.paths))) if self.paths else 1
+        self.differing = 0
+
+    def __call__(self, batch: dict) -> dict:
+        from PIL import Image
+
+        from ..data.vq import (
+            encode_images,
+            generation_image_size,
+            preprocess_generation_image,
+        )
+        from ..model.loss import target_masks
+
+        _, gen = target_masks(batch, self.image_token_id)
+        if not gen.any():
+            return batch
+        cached = batch["labels"][gen].view(-1, self.n)
+        size = generation_image_size(self.model)
+        pixels = torch.stack([preprocess_generation_image(Image.open(self.paths[tuple(c.tolist())]), size)
+                              for c in cached])
+        codes = encode_images(self.model, pixels)
+        self.differing += int((codes != cached).any(dim=1).sum())
+        batch = dict(batch, labels=batch["labels"].clone())
+        batch["labels"][gen] = codes.flatten()
+        return batch
+
+
+def merge_rounds(runs: list[dict], peak: float) -> dict:
+    """One variant's rounds as one result: its measured steps together, the highest peak memory."""
+    from .throughput import summarize
+
+    memory = max(({k: r[k] for k in ("peak_memory_bytes", "memory_at_start_bytes", "memory_kind")}
+                  for r in runs), key=lambda m: m["peak_memory_bytes"])
+    result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
+    if "reencoded_codes_differing" in runs[0]:
+        result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
+    return dict(result, rounds=len(runs))
+
+
+# --- isolation and output ----------------------------------------------------------------------
+
+def run_child(args, name: str, peak: float) -> dict:
+    """One variant in a fresh Python process: its peak RSS is its own."""
+    with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "janus_ft.cli", "bench", "--recipe", args.recipe, *args.overrides,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--variant", name,
+               "--peak-flops", repr(peak), "--json", str(out)]
+        if args.random_model:
+            cmd += ["--random-model", args.random_model]
+        if subprocess.run(cmd).returncode != 0:
+            raise RuntimeError(f"benchmark variant {name!r} failed (command: {' '.join(cmd)})")
+        return json.loads(out.read_text())["variants"][0]
+
+
+def command_line(args) -> str:
+    parts = ["janus-ft bench --recipe", args.recipe, *map(shlex.quote, args.overrides),
+             f"--steps {args.steps} --warmup {args.warmup}"]
+    parts += [f"--compare {c}" for c in args.compare] + ([f"--rounds {args.rounds}"] if args.rounds > 1 else [])
+    parts += [f"--random-model {args.random_model}"] if args.random_model else []
+    return " ".join(parts)
+
+
+def machine(device: torch.device) -> dict:
+    import transformers
+
+    info = {"device": device.type, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1))
+    return info
+
+
+def format_table(report: dict) -> str:
+    from .throughput import STAGES
+
+    variants = report["variants"]
+    base = variants[0]
+    rows = [("samples/s", lambda v: f"{v['samples_per_s']:.3g}"),
+            ("supervised tokens/s", lambda v: f"{v['supervised_tokens_per_s']:.4g}"),
+            ("real tokens/s", lambda v: f"{v['real_tokens_per_s']:.4g}"),
+            ("real-token fraction", lambda v: f"{v['real_token_fraction']:.3f}"),
+            ("step time (s)", lambda v: f"{v['step_time_s']:.4g}")]
+    rows += [(f"  {p}", lambda v, p=p: f"{v['breakdown_s'][p]:.4g}") for p in (*STAGES, "other")]
+    rows += [("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
+             ("  held at start (GiB)", lambda v: f"{v['memory_at_start_bytes'] / 2 ** 30:.2f}"),
+             ("model TFLOP/s", lambda v: f"{v['model_flops_per_s'] / 1e12:.3g}"),
+             ("MFU (%)", lambda v: f"{100 * v['mfu']:.2f}"),
+             ("loss, first measured step", lambda v: f"{v['losses'][0]:.5g}")]
+    if len(variants) > 1:
+        rows += [(f"speed vs {base['name']}", lambda v: f"{v['samples_per_s'] / base['samples_per_s']:.3f}x"),
+                 (f"memory vs {base['name']}", lambda v: f"{v['peak_memory_bytes'] / base['peak_memory_bytes']:.3f}x")]
+    width = max(12, *(len(v["name"]) + 2 for v in variants))
+    m = report["machine"]
+    head = (f"janus-ft bench: {report['steps']} steps after {report['warmup']} warm-up, "
+            f"{m.get('gpu') or m['cpu']} ({m['torch_threads']} threads), "
+            f"peak {report['compute_dtype']} matmul {report['peak_matmul_flops'] / 1e12:.3g} TFLOP/s, "
+            f"memory = {base['memory_kind']}")
+    lines = [head, f"{'':<28}" + "".join(f"{v['name']:>{width}}" for v in variants)]
+    for label, cell in rows:
+        lines.append(f"{label:<28}" + "".join(f"{cell(v):>{width}}" for v in variants))
+    bad = [v["name"] for v in variants if not all(math.isfinite(x) for x in v["losses"])]
+    if bad:
+        lines.append(f"warning: non-finite loss in {', '.join(bad)}")
+    return "\n".join(lines)

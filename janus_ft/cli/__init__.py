@@ -1,0 +1,75 @@
+"""`janus-ft` command line. Each command lives in its own module of this package exposing
+`configure(parser)` and `run(args) -> int`: they parse, check input and print, and call the library
+for everything else. This file only routes, and turns user errors into exit code 2.
+
+Nothing in janus_ft imports this package: it is the top of the layering (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import UserError
+
+# command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "sft": ("janus_ft.cli.sft", "fine-tune with a YAML recipe"),
+    "data": ("janus_ft.cli.data", "check or preview a dataset"),
+    "tiny": ("janus_ft.cli.tiny", "write a tiny random Janus checkpoint"),
+    "merge": ("janus_ft.cli.merge", "merge a LoRA adapter into its base model"),
+    "convert": ("janus_ft.cli.convert", "convert between DeepSeek's original and transformers layouts"),
+    "chat": ("janus_ft.cli.chat", "understanding / text inference"),
+    "generate": ("janus_ft.cli.generate", "text-to-image with classifier-free guidance"),
+    "eval": ("janus_ft.cli.eval", "per-task validation loss and task metrics"),
+    "bench": ("janus_ft.cli.bench", "training throughput, memory and MFU of a recipe, with comparisons"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="janus-ft", description="Fine-tune DeepSeek Janus / Janus-Pro.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module)
+        importlib.import_module(module).configure(cmd)
+    return parser
+
+
+class _Console(logging.StreamHandler):
+    """janus_ft's own log messages on stdout, found at each message (tests swap `sys.stdout`)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def show_janus_ft_logs() -> None:
+    """Messages janus_ft logs (INFO and up; the main process only, unless a message is per rank)
+    printed as `janus-ft: ...`. Libraries leave logging to the application: this is ours."""
+    logger = logging.getLogger("janus_ft")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        handler = _Console()
+        handler.setFormatter(logging.Formatter("janus-ft: %(message)s"))
+        logger.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    show_janus_ft_logs()
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as err:
+        print(f"janus-ft {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"janus-ft {args.command}: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,41 @@
+"""`janus-ft bench`: training throughput, memory and MFU of a recipe, with comparisons
+(`janus_ft.bench.run`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..bench.run import COMPARISONS, benchmark, format_table
+
+
+def configure(parser) -> None:
+    from ..tiny import SIZE_PRESETS
+
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured (default 1)")
+    parser.add_argument("--compare", action="append", choices=list(COMPARISONS), default=[],
+                        help="add a variant side by side: bare | cache | checkpointing (repeatable)")
+    parser.add_argument("--random-model", choices=list(SIZE_PRESETS), default=None,
+                        help="instead of model.path, a random model of this real size (built once, no download)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the variants N times, reversing their order every other round (A B, B A, ...), "
+                             "so a machine that gets busier or quieter favours none of them")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run all variants in this process (faster to start, but later variants find "
+                             "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)            # set for a child process
+    parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
+
+
+def run(args) -> int:
+    report = benchmark(args)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -1,0 +1,168 @@
+"""`janus-ft data check` and `janus-ft data preview`: see what the model will learn from.
+
+`check` validates every record (JSON, fields, image files, lengths) and prints counts per task;
+any bad record -> exit 2 with file:line and field. `preview` renders records in the Janus format
+with the supervised spans marked, or as JSON (`task`, `text`, `input_ids`, `labels`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+from ..data.conversation import detect_format, render, render_text
+from ..data.dataset import JanusDataset, load_records
+from ..data.images import check_images
+from ..errors import BadRecord, UserError
+from ..janus import IGNORE_INDEX
+from ..tiny import ensure_tiny
+
+# Marks around supervised text in the human-readable preview.
+OPEN, CLOSE = "\x1b[1;32m[[", "]]\x1b[0m"
+
+
+
+def configure(parser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate every record; counts per task; exit 2 on bad records")
+    check.add_argument("files", nargs="*", help="JSONL files (or use --recipe)")
+    check.add_argument("--recipe", help="check the recipe's data.train and data.val")
+    check.add_argument("--model", help="checkpoint whose tokenizer measures lengths (default: the recipe's)")
+    check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens")
+    preview = sub.add_parser("preview", help="show rendered records and supervised tokens")
+    preview.add_argument("file", help="a JSONL file")
+    preview.add_argument("--model", default="tiny", help="checkpoint whose tokenizer/processor to use")
+    preview.add_argument("--format", choices=["janus-pro", "janus"], default=None,
+                         help="conversation format (default: from the checkpoint)")
+    preview.add_argument("--json", action="store_true", help="one JSON object per record")
+    preview.add_argument("--limit", type=int, default=None, help="show at most N records")
+    preview.add_argument("--no-color", action="store_true", help="mark supervised spans without colour")
+
+
+def run(args) -> int:
+    return check(args) if args.data_command == "check" else preview(args)
+
+
+def _processor(model_path: str):
+    from transformers import JanusProcessor
+
+    from ..model.loading import resolve_model_path
+    try:
+        return JanusProcessor.from_pretrained(resolve_model_path(model_path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model: cannot load a Janus processor from {model_path!r}: {err}") from None
+
+
+def check(args) -> int:
+    files, model, max_length, cache_dir = list(args.files), args.model, args.max_length, None
+    if args.recipe:
+        from ..recipe import load_recipe
+        recipe = load_recipe(args.recipe)
+        files += [s.path for s in recipe.data.train + recipe.data.val]
+        model = model or recipe.model.path
+        max_length = max_length or recipe.data.max_length
+        cache_dir = recipe.data.code_cache
+    if not files:
+        raise UserError("data check: give JSONL files or --recipe")
+    errors: list[BadRecord] = []
+    records = load_records(files, errors)
+    errors += check_images(records)
+    counts = Counter(r.task for r in records)
+    print(f"{len(records)} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in
+                                                          ("understanding", "text", "generation")))
+    if model and not errors:
+        ensure_tiny(model)
+        _report_lengths(records, model, max_length or 2048)
+        _report_cache(records, model, cache_dir)
+    for err in errors[:50]:
+        print(f"bad record: {err}", file=sys.stderr)
+    if errors:
+        more = " (first 50 shown)" if len(errors) > 50 else ""
+        raise UserError(f"{len(errors)} bad record(s){more}")
+    return 0
+
+
+def _report_lengths(records, model_path: str, max_length: int) -> None:
+    processor = _processor(model_path)
+    ds = JanusDataset(records, processor, detect_format(processor), max_length)
+    lengths = sorted(len(e.input_ids) for e in ds.examples)
+    if lengths:
+        print(f"lengths after image expansion: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
+              f"max {lengths[-1]} tokens")
+    if ds.dropped:
+        first = ds.dropped[0]
+        print(f"{len(ds.dropped)} record(s) longer than {max_length} tokens will be dropped, not truncated "
+              f"(first: {first.source}:{first.line})")
+
+
+def _report_cache(records, model_path: str, cache_dir) -> None:
+    """How many generation targets already have VQ codes cached (no encoder passes here)."""
+    gen = sorted({str(r.images[0]) for r in records if r.task == "generation"})
+    if not gen:
+        return
+    import hashlib
+    from pathlib import Path
+
+    from transformers import JanusForConditionalGeneration
+
+    from ..data.vq import CacheKey, CodeCache, generation_image_size, vq_fingerprint
+    from ..model.loading import resolve_model_path
+
+    model = JanusForConditionalGeneration.from_pretrained(resolve_model_path(model_path))
+    cache, fingerprint, size = CodeCache(cache_dir), vq_fingerprint(model), generation_image_size(model)
+    hits = sum(cache.get(CacheKey(hashlib.sha256(Path(p).read_bytes()).hexdigest(), fingerprint, size))
+               is not None for p in gen)
+    print(f"VQ code cache: {hits} of {len(gen)} generation image(s) cached, {len(gen) - hits} to encode")
+
+
+def preview(args) -> int:
+    ensure_tiny(args.model)
+    processor = _processor(args.model)
+    fmt = args.format or detect_format(processor)
+    records = load_records([args.file])[: args.limit]
+    ds = JanusDataset(records, processor, fmt, max_length=10**9)
+    tok = processor.tokenizer
+    for ex in ds.examples:
+        if args.json:
+            print(json.dumps({"task": ex.record.task, "line": ex.record.line,
+                              "text": render_text(render(ex.record, fmt)),
+                              "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
+        else:
+            marks = ("[[", "]]") if args.no_color or not sys.stdout.isatty() else (OPEN, CLOSE)
+            print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}, {len(ex.input_ids)} tokens, "
+                  f"{sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
+            print(marked_text(tok, ex.input_ids, ex.labels, ds.special, marks))
+    return 0
+
+
+def marked_text(tok, ids, labels, special, marks=("[[", "]]")) -> str:
+    """Decoded ids with supervised runs wrapped in marks and image runs abbreviated."""
+    out, run, supervised = [], [], False
+
+    def flush():
+        if run:
+            text = tok.decode(run, skip_special_tokens=False)
+            out.append(f"{marks[0]}{text}{marks[1]}" if supervised else text)
+            run.clear()
+
+    i = 0
+    while i < len(ids):
+        if ids[i] == special.image:
+            j = i
+            while j < len(ids) and ids[j] == special.image:
+                j += 1
+            flush()
+            target = labels[i] != IGNORE_INDEX
+            label = f"<image_placeholder>x{j - i}"
+            out.append(f"{marks[0]}{label} (image codes){marks[1]}" if target else label)
+            i = j
+            continue
+        sup = labels[i] != IGNORE_INDEX
+        if sup != supervised:
+            flush()
+            supervised = sup
+        run.append(ids[i])
+        i += 1
+    flush()
+    return "".join(out)

@@ -1,0 +1,18 @@
+"""`janus-ft tiny DIR`."""
+
+from __future__ import annotations
+
+
+def configure(parser) -> None:
+    parser.add_argument("output_dir", help="directory to write the checkpoint into")
+    parser.add_argument("--format", choices=["janus-pro", "janus"], default="janus-pro",
+                        help="conversation format of the tokenizer's chat template")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+
+
+def run(args) -> int:
+    from ..tiny import build_tiny
+
+    out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed)
+    print(f"wrote tiny Janus ({args.format}) to {out}")
+    return 0

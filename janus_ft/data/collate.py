@@ -1,0 +1,99 @@
+"""Batch: samples -> padded (or packed) tensors. Pure functions, no model.
+
+Padding is on the right with explicit `position_ids`, so every sample sees the positions it would
+see alone. Understanding image features are scattered into placeholder positions in row-major
+order, and `pixel_values` are concatenated in that same order, so features land on their own
+sample whatever the lengths (ms-swift pads on the right while scattering image features with a left-padding mask).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..janus import IGNORE_INDEX
+
+
+def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Right-pad a list of samples into one batch.
+
+    >>> import torch
+    >>> b = collate([{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "task": 0},
+    ...              {"input_ids": torch.tensor([5, 8]), "labels": torch.tensor([-100, 8]), "task": 1}], pad_id=2)
+    >>> b["input_ids"].tolist(), b["labels"].tolist(), b["attention_mask"].tolist()
+    ([[5, 6, 7], [5, 8, 2]], [[-100, 6, 7], [-100, 8, -100]], [[1, 1, 1], [1, 1, 0]])
+    >>> b["position_ids"].tolist(), b["task_ids"].tolist()
+    ([[0, 1, 2], [0, 1, 0]], [[0, 0, 0], [1, 1, -1]])
+    """
+    length = max(len(s["input_ids"]) for s in samples)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    batch = {key: torch.full((len(samples), length), fill, dtype=torch.long)
+             for key, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX), ("attention_mask", 0),
+                               ("position_ids", 0), ("task_ids", -1))}
+    for row, s in enumerate(samples):
+        n = len(s["input_ids"])
+        batch["input_ids"][row, :n] = s["input_ids"]
+        batch["labels"][row, :n] = s["labels"]
+        batch["attention_mask"][row, :n] = 1
+        batch["position_ids"][row, :n] = torch.arange(n)
+        batch["task_ids"][row, :n] = s["task"]
+    _add_pixels(batch, samples)
+    return batch
+
+
+def pack(samples: list[dict]) -> dict:
+    """Concatenate samples into one padding-free row; `position_ids` restart at 0 for each sample.
+
+    transformers builds a block-diagonal causal mask from restarting position ids when no attention
+    mask is given, so no token attends across samples.
+
+    >>> import torch
+    >>> b = pack([{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "task": 0},
+    ...           {"input_ids": torch.tensor([5, 8]), "labels": torch.tensor([-100, 8]), "task": 2}])
+    >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["task_ids"].tolist()
+    ([[5, 6, 7, 5, 8]], [[0, 1, 2, 0, 1]], [[0, 0, 0, 2, 2]])
+    >>> b["labels"].tolist()
+    [[-100, 6, 7, -100, 8]]
+    """
+    batch = {
+        "input_ids": torch.cat([s["input_ids"] for s in samples])[None],
+        "labels": torch.cat([s["labels"] for s in samples])[None],
+        "position_ids": torch.cat([torch.arange(len(s["input_ids"])) for s in samples])[None],
+        "task_ids": torch.cat([torch.full((len(s["input_ids"]),), s["task"]) for s in samples])[None],
+    }
+    # The first token of each sample must not be predicted from the previous sample's last token:
+    # its label is always IGNORE (BOS), which `encode` guarantees.
+    _add_pixels(batch, samples)
+    return batch
+
+
+def real_token_fraction(batch: dict) -> float:
+    """Sample tokens over token slots of a collated batch: the share of the compute that is not
+    padding (1.0 for a packed row). Padding is where `task_ids` is -1, in both layouts.
+
+    >>> import torch
+    >>> s = [{"input_ids": torch.tensor([5, 6, 7, 8]), "labels": torch.tensor([-100, 6, 7, 8]), "task": 0},
+    ...      {"input_ids": torch.tensor([5, 9]), "labels": torch.tensor([-100, 9]), "task": 1}]
+    >>> real_token_fraction(collate(s, pad_id=2)), real_token_fraction(pack(s))
+    (0.75, 1.0)
+    """
+    task_ids = batch["task_ids"]
+    return float((task_ids >= 0).sum()) / task_ids.numel()
+
+
+def _add_pixels(batch: dict, samples: list[dict]) -> None:
+    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+
+
+class JanusCollator:
+    """The trainer's collator: pads, or packs when `packing` is on (see `pack`)."""
+
+    def __init__(self, pad_id: int, packing: bool = False, pad_to_multiple_of: int | None = None):
+        self.pad_id, self.packing, self.pad_to_multiple_of = pad_id, packing, pad_to_multiple_of
+
+    def __call__(self, samples: list[dict]) -> dict:
+        if self.packing:
+            return pack(samples)
+        return collate(samples, self.pad_id, self.pad_to_multiple_of)

@@ -1,0 +1,2 @@
+"""Inference: `prompts` (built exactly as training builds them), `chat` (answers, batched),
+`generate` (images with classifier-free guidance)."""

@@ -1,0 +1,86 @@
+"""`janus-ft generate`: text-to-image with classifier-free guidance, through transformers' own
+`JanusForConditionalGeneration.generate(generation_mode="image")`.
+
+The prompt is rendered as the data layer renders a generation record (`{R_u}: caption\\n\\n{R_a}:`,
+no system prompt) and the processor in image mode appends `<begin_of_image>`, so sampling starts
+from the exact prefix the generation loss trained on. Codes are decoded with the original Janus
+mapping (`janus_ft.vq.decode_codes_to_pil`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..data.conversation import render
+from ..data.records import IMAGE_TAG, Record
+from ..errors import UserError
+from ..janus import SpecialIds
+from .prompts import to_model
+
+
+def prompt_inputs(processor, caption: str, fmt: str) -> dict:
+    """Input ids of a generation prompt: the data layer's rendering, `<begin_of_image>` appended by
+    the processor in image mode (which adds no system prompt in that mode)."""
+    if not caption.strip():
+        raise UserError("--prompt is empty: a generation prompt needs a caption")
+    record = Record(task="generation", turns=[(caption, IMAGE_TAG)], system="")
+    text = render(record, fmt)[0].text
+    return dict(processor(text=text, generation_mode="image", return_tensors="pt"))
+
+
+def image_generation_config(model, tokenizer, cfg: float, temperature: float, n: int):
+    """The model's generation config with the ids CFG needs read from the tokenizer: the
+    unconditional row keeps BOS and `<begin_of_image>` and pads the rest, and the pad id differs
+    between checkpoints (docs/janus.md)."""
+    config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
+    special = SpecialIds.from_tokenizer(tokenizer)
+    config.bos_token_id, config.pad_token_id = special.bos, special.pad
+    config.generation_kwargs = {**(config.generation_kwargs or {}), "boi_token_id": special.boi}
+    config.guidance_scale, config.num_return_sequences = cfg, n
+    config.do_sample = temperature > 0
+    config.temperature = temperature if temperature > 0 else 1.0
+    return config
+
+
+@torch.no_grad()
+def sample_codes(model, processor, caption: str, fmt: str, n: int = 4, cfg: float = 5.0,
+                 temperature: float = 1.0, seed: int = 0) -> torch.LongTensor:
+    """(n, num_image_tokens) VQ codes sampled for one caption, seeded for reproducibility."""
+    inputs = to_model(prompt_inputs(processor, caption, fmt), model)
+    config = image_generation_config(model, processor.tokenizer, cfg, temperature, n)
+    torch.manual_seed(seed)
+    codes = model.generate(**inputs, generation_mode="image", generation_config=config)
+    return codes.long().cpu()
+
+
+def contact_sheet(images: list[Image.Image], columns: int | None = None, gap: int = 2) -> Image.Image:
+    """Images tiled left to right, top to bottom, on white, `gap` pixels apart.
+
+    >>> sheet = contact_sheet([Image.new("RGB", (8, 8))] * 3)
+    >>> sheet.size
+    (18, 18)
+    """
+    if not images:
+        raise ValueError("no images to tile")
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    w, h = max(im.width for im in images), max(im.height for im in images)
+    sheet = Image.new("RGB", (columns * w + (columns - 1) * gap, rows * h + (rows - 1) * gap), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % columns) * (w + gap), (i // columns) * (h + gap)))
+    return sheet
+
+
+def save_images(images: list[Image.Image], out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output {out}: cannot create it ({err.strerror or err})") from None
+    for i, im in enumerate(images):
+        im.save(out / f"{i}.png")
+    contact_sheet(images).save(out / "grid.png")
+    return out

@@ -1,0 +1,149 @@
+"""Trainer: TRL's `SFTTrainer` with the Janus mixed-task loss.
+
+The one subclass in janus_ft: `compute_loss` must score image tokens with the generation head,
+which no stock forward does, and must stop on a non-finite loss before it reaches the weights;
+checkpoints are written then renamed (`upstream.AtomicCheckpoints`: a SIGKILL mid-save would
+otherwise leave a half-written `checkpoint-N` that resume picks up). Everything else -- optimiser, schedule, gradient
+accumulation, checkpoint contents, resume, DDP / DeepSpeed / FSDP, logging -- is TRL / transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from accelerate.logging import get_logger
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from ..janus import TASK_NAMES
+from ..model.loss import compute_loss_parts
+from .checkpoint import SignalCheckpoint, TrainingError
+from .upstream import AtomicCheckpoints, record_metric
+
+logger = get_logger(__name__)
+
+
+class JanusTrainer(AtomicCheckpoints, SFTTrainer):
+    def __init__(self, *args, probe=None, nan_policy: str = "stop", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe = probe   # janus_ft.probe.TrainingProbe: answers and images at each evaluation
+        self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
+        self.skipped_batches = 0
+        self._flops_params: int | None = None   # parameter count for `total_flos`, taken once
+        # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
+        # accumulated step, so gradient accumulation gives the same update as one large batch.
+        self.model_accepts_loss_kwargs = True
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, SignalCheckpoint):
+                callback.accelerator = self.accelerator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        parts = compute_loss_parts(model, inputs)
+        mode = "train" if model.training else "eval"
+        # Judged on the sums over all ranks: a NaN on one rank is then seen by every rank, which all
+        # stop or all skip together (one rank skipping alone would leave the others in a collective).
+        per_task = self._all_ranks(parts.per_task)
+        bad = [TASK_NAMES[t] for t, (loss_sum, _) in per_task.items() if not math.isfinite(loss_sum)]
+        if bad and model.training:
+            return self._non_finite(model, bad, return_outputs)
+        for task, (loss_sum, n) in per_task.items():
+            record_metric(self, mode, f"loss_{TASK_NAMES[task]}", loss_sum / n)
+        if num_items_in_batch is not None:
+            loss = parts.total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = parts.total / max(parts.n_tokens, 1)
+        return (loss, None) if return_outputs else loss
+
+    def floating_point_ops(self, inputs) -> int:
+        """transformers' estimate for `total_flos` (6 x tokens x non-embedding parameters), with the
+        parameter count taken once: transformers walks every parameter tensor on every micro-batch
+        only to log this number (10 ms a step at Janus-Pro-1B size, docs/benchmarks.md)."""
+        if self._flops_params is None:
+            model = self.model
+            self._flops_params = model.num_parameters(exclude_embeddings=True) if hasattr(model, "num_parameters") else 0
+        ids = inputs.get("input_ids")
+        return 6 * ids.numel() * self._flops_params if ids is not None else 0
+
+    def _all_ranks(self, per_task: dict) -> dict:
+        """Per-task (loss sum, tokens) summed over all processes, so `loss_<task>` describes the whole
+        step and not rank 0's shard of it (one all-reduce of six numbers per micro-batch)."""
+        if self.accelerator.num_processes == 1:
+            return per_task
+        import torch
+
+        table = torch.zeros(len(TASK_NAMES), 2, dtype=torch.float64, device=self.accelerator.device)
+        for task, (loss_sum, n) in per_task.items():
+            table[task] = torch.tensor([loss_sum, n], dtype=torch.float64)
+        table = self.accelerator.reduce(table, reduction="sum").cpu()
+        return {task: (float(table[task, 0]), int(table[task, 1])) for task in TASK_NAMES if table[task, 1] > 0}
+
+    def _non_finite(self, model, tasks: list[str], return_outputs: bool):
+        """A NaN / inf loss never reaches the weights: stop (default), or with train.nan_policy=skip
+        give this micro-batch a zero loss. The zero is `0 * parameter` summed over the trainable
+        parameters, so every one gets a (zero) gradient and DDP's all-reduce still lines up."""
+        step = self.state.global_step + 1
+        if self.nan_policy != "skip":
+            from transformers.trainer_utils import get_last_checkpoint
+
+            last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+            raise TrainingError(
+                f"non-finite loss at step {step} in task(s) {', '.join(tasks)}: training stopped"
+                + (f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet")
+                + ". Lower train.learning_rate, check that task's data, or set train.nan_policy=skip")
+        self.skipped_batches += 1
+        record_metric(self, "train", "skipped_batches", float(self.skipped_batches))
+        logger.warning(f"non-finite loss at step {step} in task(s) {', '.join(tasks)}: micro-batch skipped "
+                       f"({self.skipped_batches} so far)")
+        zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
+        return (zero, None) if return_outputs else zero
+
+    def evaluate(self, *args, **kwargs):
+        """The Trainer's evaluation (loss per task), then the probe's generated answers and images."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self.probe is None or not self.probe.enabled():
+            return metrics
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # Generating on one rank while ZeRO-3 shards the weights would wait forever for the others.
+        if is_deepspeed_zero3_enabled():
+            return metrics
+        if self.is_world_process_zero():
+            extra, grid = self.probe.run(self.accelerator.unwrap_model(self.model), self.state.global_step,
+                                         Path(self.args.output_dir))
+            if grid is not None:
+                from .probe import tensorboard_image
+                tensorboard_image(self.callback_handler.callbacks, "eval/samples", grid, self.state.global_step)
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
+
+
+class MixtureCallback(TrainerCallback):
+    """Writes `mixture.json` (samples consumed per task, the ratios asked for) with every checkpoint
+    and at the end. Counts come from the schedule, which every process reads in the same order."""
+
+    def __init__(self, mixture, global_batch: int, ratios: dict):
+        self.mixture, self.global_batch, self.ratios = mixture, global_batch, ratios
+
+    def report(self, step: int) -> dict:
+        counts = self.mixture.counts(step * self.global_batch)
+        total = sum(counts.values()) or 1
+        return {"steps": step, "samples": sum(counts.values()), "consumed": counts,
+                "fractions": {t: round(c / total, 4) for t, c in counts.items()},
+                "ratios": self.ratios}
+
+    def write(self, directory: Path, step: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "mixture.json").write_text(json.dumps(self.report(step), indent=2) + "\n")
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.write(Path(args.output_dir), state.global_step)
