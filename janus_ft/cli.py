@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from .console import quiet_third_party
 from .errors import UserError
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Around the parser too: building it imports transformers, which imports the optional
+    # libraries (DeepSpeed, bitsandbytes) that log on import.
+    with quiet_third_party():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

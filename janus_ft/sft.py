@@ -87,6 +87,9 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
     fields.update(
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
+        # Pinned host memory only speeds up copies to an accelerator; without one, torch warns at
+        # every DataLoader the Trainer builds.
+        dataloader_pin_memory=has_accelerator(),
         # Mixed-precision autocast needs an accelerator; on CPU bf16 weights simply train in bf16.
         bf16=dtype == "bfloat16" and has_accelerator(), fp16=False,
         # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
