@@ -1,10 +1,12 @@
-"""The console of janus-ft: the short list of third-party warnings it hides. (This module imports
-no ML library, so `cli` can hide import-time warnings before the libraries that raise them load.)
+"""What `janus-ft sft` prints: one line per training log and per evaluation, a closing summary,
+and the short list of third-party warnings it hides. (The Trainer callback that prints the lines is
+`trainer.ConsoleCallback`; this module imports no ML library, so `cli` can hide import-time
+warnings before the libraries that raise them load.)
 
 A warning that janus_ft's own calls would cause is fixed at the call, never hidden here. What is
 hidden is a warning raised inside a library whatever its caller passes, which the user can do
 nothing about: each entry of `QUIET` names the exact message (its start), the category or logger,
-and why. Everything else is still shown.
+and why. Everything else is still shown. Lines are printed by the main process only.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import logging
 import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+
+from .plot import loss_series
+from .recipe import TASKS
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,52 @@ def quiet_third_party(entries: tuple[Quiet, ...] = QUIET):
         finally:
             for logger, drop in drops:
                 logger.removeFilter(drop)
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _tasks_in(keys) -> list[str]:
+    return [t for t in TASKS if any(t in k for k in keys)]
+
+
+def training_line(logs: dict, step: int, max_steps: int) -> str:
+    """`step 5/60 | loss 5.701 | understanding 6.004  text 6.195  generation 5.623 | lr 0.002  grad_norm 1.69`"""
+    per_task = "  ".join(f"{t} {_number(logs[f'loss_{t}'])}" for t in _tasks_in(logs) if f"loss_{t}" in logs)
+    rest = "  ".join(f"{k.replace('learning_rate', 'lr')} {_number(logs[k])}"
+                     for k in ("learning_rate", "grad_norm", "skipped_batches") if k in logs)
+    return " | ".join(p for p in (f"step {step}/{max_steps}", f"loss {_number(logs['loss'])}", per_task, rest) if p)
+
+
+_EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_loss"}
+
+
+def evaluation_line(logs: dict, step: int, max_steps: int) -> str:
+    """`eval step 30/60 | loss understanding 2.63  generation 4.6 | understanding exact_match 0.25 ...`:
+    the per-task validation loss, then every task metric the evaluation logged."""
+    losses = "  ".join(f"{t} {_number(logs[f'eval_loss_{t}'])}" for t in TASKS
+                       if f"eval_loss_{t}" in logs)
+    metrics = []
+    for task in TASKS:
+        prefix = f"eval_{task}_"
+        named = [f"{k[len(prefix):]} {_number(v)}" for k, v in logs.items() if k.startswith(prefix)]
+        if named:
+            metrics.append(f"{task} " + "  ".join(named))
+    parts = [f"eval step {step}/{max_steps}", f"loss {losses}" if losses else "", *metrics]
+    return " | ".join(p for p in parts if p)
+
+
+def summary(log_history: list[dict], steps: int, seconds: float, out: Path) -> str:
+    """The closing lines of a run: steps and time, each task's training and validation loss at the
+    first and the last time it was logged, and where the outputs are."""
+    series = loss_series(log_history)
+    lines = [f"janus-ft: {steps} steps in {seconds:.0f} s; loss per task, first -> last logged:"]
+    for task in _tasks_in(series):
+        cells = [f"{label} {points[0][1]:.3f} -> {points[-1][1]:.3f}" for label, points in
+                 (("train", series.get(f"loss_{task}")), ("eval", series.get(f"eval_loss_{task}"))) if points]
+        lines.append(f"  {task:<14} " + "   ".join(cells))
+    samples = " and sample grids in samples/" if (out / "samples").is_dir() else ""
+    lines.append(f"janus-ft: adapter, processor, recipe.yaml, mixture.json, trainer_state.json, loss.png"
+                 f"{samples} in {out}")
+    return "\n".join(lines)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
+from .console import summary
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
 from .distributed import (distributed_fields, distributed_state, has_accelerator, on_main_process, process_lost,
@@ -54,8 +56,8 @@ def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[
     for task, ds in datasets.items():
         if ds.dropped:
             first = ds.dropped[0]
-            print(f"janus-ft: dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
-                  f"{d.max_length} tokens (first: {first.source}:{first.line})")
+            say(f"janus-ft: dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
+                f"{d.max_length} tokens (first: {first.source}:{first.line})")
     return datasets
 
 
@@ -70,6 +72,7 @@ def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
     cache = CodeCache(cache_dir)
     with distributed_state().main_process_first(), vq_on_accelerator(model):
         codes = codes_for_files(model, paths, cache)
+    # Every rank reports its own counts (the main process encodes, the others read its cache).
     print(f"janus-ft: VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded")
     return {p: c.tolist() for p, c in zip(paths, codes)}
 
@@ -122,7 +125,7 @@ def resume_argument(recipe: Recipe) -> str | None:
         from transformers.trainer_utils import get_last_checkpoint
         last = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
         if last is None:
-            print(f"janus-ft: train.resume: no checkpoint in {recipe.output_dir}, starting from scratch")
+            say(f"janus-ft: train.resume: no checkpoint in {recipe.output_dir}, starting from scratch")
         return last
     return None
 
@@ -185,9 +188,9 @@ def run_sft(recipe: Recipe) -> SftResult:
     from transformers import set_seed
 
     from .probe import TrainingProbe
-    from .trainer import JanusTrainer, MixtureCallback
+    from .trainer import ConsoleCallback, JanusTrainer, MixtureCallback
 
-    out, t = Path(recipe.output_dir), recipe.train
+    out, t, started = Path(recipe.output_dir), recipe.train, time.monotonic()
     # Data and output_dir are checked before any weight is loaded: a typo costs seconds, not a model load.
     train_records, val_records = read_data(recipe)
     resume_from = claim_output_dir(recipe)
@@ -201,7 +204,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     # recipe gives a different adapter depending on what ran earlier in the process.
     set_seed(t.seed)
     model = apply_lora(model, recipe.lora)
-    print(trainable_table(model))
+    say(trainable_table(model))
 
     mixture, global_batch, steps = training_schedule(recipe, train_sets)
     eval_set = _concat(list(val_sets.values()))
@@ -213,20 +216,20 @@ def run_sft(recipe: Recipe) -> SftResult:
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
                             t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
         nan_policy=t.nan_policy)
+    ConsoleCallback.replace_defaults(trainer)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     train(trainer, resume_from, stopper)
     if trainer.skipped_batches:
-        print(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
+        say(f"janus-ft: {trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
-        print(f"janus-ft: stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
-              f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
+        say(f"janus-ft: stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
+            f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
         return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
-    if eval_set is not None:
+    if eval_set is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
     save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
-    if trainer.is_world_process_zero():
-        print(f"janus-ft: adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
+    say(summary(trainer.state.log_history, trainer.state.global_step, time.monotonic() - started, out))
     return SftResult(out, trainer.model, trainer.state.log_history)
 
 
@@ -243,6 +246,18 @@ def train(trainer, resume_from: str | None, stopper: SignalCheckpoint) -> None:
         # The launcher ends the ranks left with SIGTERM: that must stop them now, not ask for a
         # checkpoint no collective can write any more.
         stopper.restore()
+
+
+def evaluated_at(log_history: list[dict], step: int) -> bool:
+    """Whether an evaluation was logged at `step` (the last in-training one, when eval_steps divides
+    max_steps): evaluating the same weights again would only repeat its numbers and grids."""
+    return any(e.get("step") == step and "eval_loss" in e for e in log_history)
+
+
+def say(message: str) -> None:
+    """Print on the main process only: N processes would otherwise print every line N times."""
+    if distributed_state().is_main_process:
+        print(message, flush=True)
 
 
 def save_outputs(trainer, processor, out: Path) -> None:

@@ -1,4 +1,5 @@
-"""The console of `janus-ft sft`: no warning left but the ones listed here with their reason."""
+"""The console of `janus-ft sft`: exact lines per log, evaluation and run, and no warning left but
+the ones listed here with their reason."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from janus_ft.cli import main
-from janus_ft.console import QUIET, quiet_third_party
+from janus_ft.console import QUIET, evaluation_line, quiet_third_party, summary, training_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,6 +18,32 @@ REPO = Path(__file__).resolve().parent.parent
 # why it is shown. Empty: every warning the run raised was either fixed at janus_ft's call or is a
 # third-party one in janus_ft.console.QUIET. A new entry here needs a reason a user can act on.
 ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def test_training_and_evaluation_lines():
+    logs = {"loss": 5.70123, "grad_norm": 1.694, "learning_rate": 0.002, "loss_text": 6.195,
+            "loss_understanding": 6.004, "loss_generation": 5.623, "epoch": 0.083}
+    assert training_line(logs, 5, 60) == ("step 5/60 | loss 5.701 | understanding 6.004  text 6.195  "
+                                          "generation 5.623 | lr 0.002  grad_norm 1.694")
+    logs = {"eval_loss": 3.1, "eval_runtime": 0.2, "eval_samples_per_second": 99.0, "eval_loss_generation": 2.622,
+            "eval_loss_understanding": 2.531, "eval_understanding_exact_match": 0.125,
+            "eval_understanding_cer": 1.044, "epoch": 1.0}
+    assert evaluation_line(logs, 60, 60) == ("eval step 60/60 | loss understanding 2.531  generation 2.622 | "
+                                             "understanding exact_match 0.125  cer 1.044")
+
+
+def test_summary_names_steps_time_losses_and_outputs(tmp_path):
+    history = [{"loss": 5.0, "loss_understanding": 6.0, "loss_generation": 5.5, "step": 5},
+               {"eval_loss": 6.0, "eval_loss_understanding": 6.7, "eval_loss_generation": 5.7, "step": 0},
+               {"loss": 2.0, "loss_understanding": 2.5, "loss_generation": 2.1, "step": 60},
+               {"eval_loss": 2.6, "eval_loss_understanding": 2.53, "eval_loss_generation": 2.62, "step": 60}]
+    (tmp_path / "samples").mkdir()
+    assert summary(history, 60, 17.4, tmp_path).splitlines() == [
+        "janus-ft: 60 steps in 17 s; loss per task, first -> last logged:",
+        "  understanding  train 6.000 -> 2.500   eval 6.700 -> 2.530",
+        "  generation     train 5.500 -> 2.100   eval 5.700 -> 2.620",
+        f"janus-ft: adapter, processor, recipe.yaml, mixture.json, trainer_state.json, loss.png and sample "
+        f"grids in samples/ in {tmp_path}"]
 
 
 def _shown_to_user(w: warnings.WarningMessage) -> bool:
