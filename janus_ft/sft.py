@@ -87,9 +87,12 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay",
         "max_grad_norm", "logging_steps", "save_steps", "save_total_limit",
         "deepspeed", "dataloader_num_workers", "disable_tqdm")}
+    evaluating = has_eval and bool(t.eval_steps)
     fields.update(
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
-        eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
+        eval_strategy="steps" if evaluating else "no", eval_steps=t.eval_steps,
+        # A resumed run already holds its first evaluation in the log it continues.
+        eval_on_start=evaluating and t.eval_on_start and not (t.resume or t.resume_from_checkpoint),
         # Pinned host memory only speeds up copies to an accelerator; without one, torch warns at
         # every DataLoader the Trainer builds.
         dataloader_pin_memory=has_accelerator(),
