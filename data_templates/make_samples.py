@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the generators are scripts, not an installed package
 
-from captions.make_captions import caption, draw_scene, make_captions  # noqa: E402
+from captions.make_captions import caption, draw_scene, make_subject_shots  # noqa: E402
 from generator_io import write_jsonl  # noqa: E402
 from latex_ocr.make_latex_ocr import Renderer  # noqa: E402
 from make_shapes import COLOURS, draw_shape, make_shapes  # noqa: E402
@@ -102,8 +102,12 @@ def make_samples(root=ROOT) -> list[Path]:
     samples.mkdir(parents=True)
     paths = [*make_shapes(samples, n=64, seed=0, size=SIZE, n_val=16,
                           train_name="understanding.jsonl", val_name="understanding_val.jsonl"),
-             *make_captions(samples, n=20, seed=0, size=SIZE, n_val=4, plain=True,
-                            train_name="generation.jsonl", val_name="generation_val.jsonl")]
+             # Generation: 4 captioned subjects x 6 shots, the last 2 shots of each held out, so the
+             # demo's validation loss measures what a fine-tune is for (new pictures of the subjects
+             # it was taught); unrelated one-off scenes could only be memorised. Noise of +-1 level
+             # varies a shot's VQ codes while keeping each PNG about 4 KB.
+             *make_subject_shots(samples, subjects=4, shots=6, n_val=2, noise=1, seed=0, size=SIZE,
+                                 train_name="generation.jsonl", val_name="generation_val.jsonl")]
     write_jsonl(samples / "text.jsonl", text_records(random.Random(0)))
     return paths + [samples / "text.jsonl"] + make_examples(examples)
 

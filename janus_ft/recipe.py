@@ -85,6 +85,7 @@ class TrainArgs:
     save_steps: int = _f(500, "checkpoint every N optimizer steps")
     save_total_limit: int | None = _f(None, "keep at most N checkpoints")
     eval_steps: int | None = _f(None, "evaluate on data.val every N steps (None: only at the end)")
+    eval_on_start: bool = _f(False, "with eval_steps, also evaluate before step 1: curves and grids start at the base model")
     eval_answers: int = _f(8, "understanding/text val records answered at each evaluation (exact match, CER); 0: loss only")
     eval_images: int = _f(4, "generation val captions drawn at each evaluation (output_dir/samples, TensorBoard); 0: none")
     sample_prompts: list = _f([], "captions to draw at each evaluation instead of the first val captions")

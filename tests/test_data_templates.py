@@ -82,6 +82,7 @@ def test_subject_shots_val_images_are_new_shots_of_trained_captions(tmp_path):
     train_recs, val_recs = read_jsonl(train), read_jsonl(val)
     assert (len(train_recs), len(val_recs)) == (20, 10)
     assert len({r["query"] for r in train_recs}) == 5 and {r["query"] for r in val_recs} == {r["query"] for r in train_recs}
+    assert len({r["query"] for r in val_recs[:5]}) == 5   # val is shot-major: every subject before a repeat
     for r in train_recs + val_recs:
         check_record(r, tmp_path, 32)
     pixels = {r["images"][0]: np.asarray(Image.open(tmp_path / r["images"][0]), dtype=int) for r in train_recs + val_recs}
@@ -89,6 +90,17 @@ def test_subject_shots_val_images_are_new_shots_of_trained_captions(tmp_path):
     assert 0 < np.abs(first - second).max() <= 6                       # same scene, fresh noise
     with pytest.raises(ValueError):
         make_captions.make_subject_shots(tmp_path / "x", subjects=2, shots=3, n_val=3)
+
+
+def test_bundled_generation_samples_are_held_out_shots_of_trained_subjects():
+    """The demo's generation validation loss can only fall if val shows new shots of trained captions."""
+    samples = DATA_TEMPLATES / "samples"
+    train, val = (read_jsonl(samples / name) for name in ("generation.jsonl", "generation_val.jsonl"))
+    shots = Counter(r["query"] for r in train)
+    assert len(shots) == 4 and set(shots.values()) == {4}
+    assert Counter(r["query"] for r in val) == {caption: 2 for caption in shots}
+    assert not {r["images"][0] for r in val} & {r["images"][0] for r in train}
+    assert len({r["query"] for r in val[:4]}) == 4   # the 4 captions an evaluation draws: every subject
 
 
 def test_shape_colour_is_the_dominant_non_background_colour(tmp_path):
@@ -202,7 +214,7 @@ def test_bundled_samples_cover_every_task_and_shape():
     samples = DATA_TEMPLATES / "samples"
     counts = {f: len(read_jsonl(samples / f"{f}.jsonl")) for f in
               ("understanding", "understanding_val", "text", "generation", "generation_val")}
-    assert counts == {"understanding": 48, "understanding_val": 16, "text": 24, "generation": 16, "generation_val": 4}
+    assert counts == {"understanding": 48, "understanding_val": 16, "text": 24, "generation": 16, "generation_val": 8}
     text = read_jsonl(samples / "text.jsonl")
     assert all("images" not in r for r in text)
     assert all(any(key in r for r in text) for key in ("history", "system", "messages"))

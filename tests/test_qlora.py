@@ -44,7 +44,7 @@ def test_only_the_language_model_is_quantized(tiny_dir, tiny_model, quantization
             assert module.weight.dtype == storage, name
     assert isinstance(model.model.generation_embeddings, nn.Embedding)
     assert not any(p.requires_grad for p in model.parameters())       # prepared: all frozen
-    assert not model.is_gradient_checkpointing    # PEFT's default would have switched it on
+    assert not model.is_activation_checkpointing   # PEFT's default would have switched it on
     if quantization == "4bit":
         # The tiny dims (64x64, 128x64, 64x128) are whole NF4 blocks of 64: no padded block.
         import bitsandbytes.functional as F

@@ -30,6 +30,22 @@ def test_overrides_and_extra_passthrough(tmp_path):
     assert sft_config(r, 7, False).adam_beta2 == 0.95
 
 
+def test_eval_on_start_needs_periodic_evaluation_and_a_fresh_run():
+    demo = REPO / "recipes/demo.yaml"
+    assert sft_config(load_recipe(demo), 60, has_eval=True).eval_on_start
+    assert not sft_config(load_recipe(demo), 60, has_eval=False).eval_on_start       # no data.val
+    assert not sft_config(load_recipe(demo, ["train.eval_steps=null"]), 60, True).eval_on_start
+    # a resumed run's log already starts with its first evaluation
+    assert not sft_config(load_recipe(demo, ["train.resume=true"]), 60, True).eval_on_start
+
+
+def test_pinned_memory_only_with_an_accelerator():
+    import torch
+
+    config = sft_config(load_recipe(REPO / "recipes/demo.yaml"), 1, has_eval=False)
+    assert config.dataloader_pin_memory == torch.cuda.is_available()
+
+
 @pytest.mark.parametrize("override,message", [
     ("trian.max_steps=3", "unknown recipe key 'trian' (did you mean 'train'?)"),
     ("train.learning_rat=1e-4", "did you mean 'train.learning_rate'"),

@@ -156,18 +156,40 @@ def test_demo_recipe_end_to_end(tmp_path):
     keys = set().union(*log)
     assert {"loss_understanding", "loss_text", "loss_generation", "eval_loss", "eval_loss_generation"} <= keys
     assert (out / "loss.png").stat().st_size > 10_000
-    # evaluation during training: generated-answer metrics at steps 3 and 6 (and the final one),
-    # sample grids as PNG and in TensorBoard next to the scalars
+    # evaluation during training: losses and generated-answer metrics in one entry before the first
+    # step (the recipe's eval_on_start), at 3 and at 6 (not repeated after training), sample grids as
+    # PNG and in TensorBoard next to the scalars
     probes = [e for e in log if "eval_understanding_exact_match" in e]
-    assert [e["step"] for e in probes] == [3, 6, 6]
+    assert [e["step"] for e in probes] == [e["step"] for e in log if "eval_loss" in e] == [0, 3, 6]
     assert all(0 <= e["eval_understanding_cer"] for e in probes)
     grid = Image.open(out / "samples" / "step-3.png")
     assert grid.size == (4 * 64 + 3 * 2, 2 * 64 + 2)   # 4 val captions: references over samples
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_dir, = out.glob("runs/*")
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    assert [e.step for e in events.Images("eval/samples")][:2] == [3, 6]
+    assert [e.step for e in events.Images("eval/samples")] == [0, 3, 6]
     assert "eval/understanding_exact_match" in events.Tags()["scalars"]
+
+
+def test_demo_recipe_learns_every_task(tmp_path):
+    """The README's main job as shipped: the understanding and generation validation losses fall, and
+    generation's at every evaluation (the unrelated scenes bundled before made it rise from step 30
+    on: memorised, not learned). Measured on 2 cores, seeds 0, 1, 2, 7, 42: understanding 6.72 ->
+    2.52-2.57, generation 5.71 -> 2.55-2.74, generation's smallest fall between two evaluations 0.19
+    (0.48 at the recipe's seed 42, where one and two threads give the same numbers to 3 decimals)."""
+    out = tmp_path / "demo"
+    assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), f"output_dir={out}",
+                 "train.disable_tqdm=true"]) == 0
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    evals = [e for e in log if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [0, 20, 40, 60]
+    understanding = [e["eval_loss_understanding"] for e in evals]
+    generation = [e["eval_loss_generation"] for e in evals]
+    print(f"eval_loss_understanding {understanding}\neval_loss_generation {generation}")
+    assert understanding[-1] < understanding[0] - 2.0
+    assert understanding[-1] < understanding[1] - 0.2     # still learning after step 20: measured 0.45-1.0
+    assert generation[-1] < generation[0] - 1.5
+    assert all(later < earlier for earlier, later in zip(generation, generation[1:]))
 
 
 @pytest.fixture(scope="module")

@@ -134,11 +134,15 @@ def make_captions(out_dir, n: int = 200, seed: int = 0, size: int = 64, n_val: i
 
 
 def make_subject_shots(out_dir, subjects: int = 8, shots: int = 24, n_val: int = 4, noise: int = 3,
-                       seed: int = 0, size: int = 64) -> tuple[Path, Path]:
+                       seed: int = 0, size: int = 64, train_name: str = "train.jsonl",
+                       val_name: str = "val.jsonl") -> tuple[Path, Path]:
     """A few subjects photographed many times, like a product-photo set: every subject is one
     plain scene with its own caption, every shot adds fresh per-pixel noise (+-`noise` levels).
     The last `n_val` shots of each subject go to val, so val images are unseen but their captions
     are not: the held-out set a style fine-tune is judged on.
+
+    Train lists the shots subject by subject; val lists one held-out shot of every subject before
+    the next, so the first few val captions (the ones an evaluation draws) are different subjects.
     """
     import numpy as np
 
@@ -161,9 +165,12 @@ def make_subject_shots(out_dir, subjects: int = 8, shots: int = 24, n_val: int =
             Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(out_dir / rel)
             split = "val" if shot >= shots - n_val else "train"
             records[split].append({"query": text, "response": "<image>", "images": [rel]})
+    val = records["val"]
+    records["val"] = [val[s * n_val + k] for k in range(n_val) for s in range(subjects)]  # shot-major
+    paths = {"train": out_dir / train_name, "val": out_dir / val_name}
     for split, recs in records.items():
-        write_jsonl(out_dir / f"{split}.jsonl", recs)
-    return out_dir / "train.jsonl", out_dir / "val.jsonl"
+        write_jsonl(paths[split], recs)
+    return paths["train"], paths["val"]
 
 
 def folder_to_jsonl(folder, out_jsonl) -> Path:

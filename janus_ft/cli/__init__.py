@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..errors import UserError
+from ..train.console import quiet_third_party
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -62,6 +63,13 @@ def show_janus_ft_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Around the parser too: building it imports transformers, which imports the optional
+    # libraries (DeepSpeed, bitsandbytes) that log on import.
+    with quiet_third_party():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     show_janus_ft_logs()
     try:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 SERIES = ("loss", "loss_understanding", "loss_text", "loss_generation",
           "eval_loss", "eval_loss_understanding", "eval_loss_text", "eval_loss_generation")
+# One colour per task, train solid and validation dashed: the two curves of a task read as a pair.
+COLOURS = {"loss": "black", "understanding": "tab:blue", "text": "tab:green", "generation": "tab:red"}
 
 
 def loss_series(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -17,6 +19,15 @@ def loss_series(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def _style(key: str) -> dict:
+    evaluation = key.startswith("eval_")
+    task = key.removeprefix("eval_").removeprefix("loss_")
+    name = "all tasks" if task == "loss" else task
+    return {"color": COLOURS.get(task, "gray"), "linestyle": "--" if evaluation else "-",
+            "marker": "o" if evaluation else None, "markersize": 4,
+            "linewidth": 1.2 if task == "loss" else 1.8, "label": f"{name} ({'val' if evaluation else 'train'})"}
+
+
 def plot_losses(log_history: list[dict], path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -24,16 +35,16 @@ def plot_losses(log_history: list[dict], path: str | Path) -> Path:
 
     series = loss_series(log_history)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, points in series.items():
-        steps, values = zip(*points)
-        style = "--" if key.startswith("eval") else "-"
-        ax.plot(steps, values, style, marker="o" if len(points) < 3 else None, label=key,
-                linewidth=2.0 if key in ("loss", "eval_loss") else 1.2)
+    # legend in task order, each task's training curve next to its validation curve
+    order = {key.removeprefix("eval_"): i for i, key in enumerate(SERIES)}
+    for key in sorted(series, key=lambda k: (order[k.removeprefix("eval_")], k.startswith("eval_"))):
+        steps, values = zip(*series[key])
+        ax.plot(steps, values, **_style(key))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_title("janus-ft training loss")
+    ax.set_ylabel("cross-entropy per supervised token")
+    ax.set_title("janus-ft loss per task (solid: training batches, dashed: validation set)", fontsize=10)
     if series:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -35,9 +35,15 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay",
         "max_grad_norm", "logging_steps", "save_steps", "save_total_limit",
         "deepspeed", "dataloader_num_workers", "disable_tqdm")}
+    evaluating = has_eval and bool(t.eval_steps)
     fields.update(
         output_dir=recipe.output_dir, max_steps=max_steps, report_to=t.report_to or "none",
-        eval_strategy="steps" if (has_eval and t.eval_steps) else "no", eval_steps=t.eval_steps,
+        eval_strategy="steps" if evaluating else "no", eval_steps=t.eval_steps,
+        # A resumed run already holds its first evaluation in the log it continues.
+        eval_on_start=evaluating and t.eval_on_start and not (t.resume or t.resume_from_checkpoint),
+        # Pinned host memory only speeds up copies to an accelerator; without one, torch warns at
+        # every DataLoader the Trainer builds.
+        dataloader_pin_memory=has_accelerator(),
         # Mixed-precision autocast needs an accelerator; on CPU bf16 weights simply train in bf16.
         bf16=dtype == "bfloat16" and has_accelerator(), fp16=False,
         # janus_ft builds samples itself: TRL must not re-tokenize, drop columns or shuffle the
@@ -138,7 +144,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     )
     from ..model.lora import apply_lora, trainable_table
     from .probe import TrainingProbe
-    from .trainer import JanusTrainer, MixtureCallback
+    from .trainer import ConsoleCallback, JanusTrainer, MixtureCallback
 
     out, t = Path(recipe.output_dir), recipe.train
     # The platform, data and output_dir are checked before any weight is loaded: a typo costs
@@ -169,6 +175,7 @@ def run_sft(recipe: Recipe) -> SftResult:
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
                             t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
         nan_policy=t.nan_policy)
+    ConsoleCallback.replace_defaults(trainer)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     train(trainer, resume_from, stopper)
@@ -178,7 +185,7 @@ def run_sft(recipe: Recipe) -> SftResult:
         logger.warning(f"stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
                        f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
         return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
-    if eval_set is not None:
+    if eval_set is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
     save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
     logger.info(f"adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
@@ -198,6 +205,12 @@ def train(trainer, resume_from: str | None, stopper: SignalCheckpoint) -> None:
         # The launcher ends the ranks left with SIGTERM: that must stop them now, not ask for a
         # checkpoint no collective can write any more.
         stopper.restore()
+
+
+def evaluated_at(log_history: list[dict], step: int) -> bool:
+    """Whether an evaluation was logged at `step` (the last in-training one, when eval_steps divides
+    max_steps): evaluating the same weights again would only repeat its numbers and grids."""
+    return any(e.get("step") == step and "eval_loss" in e for e in log_history)
 
 
 def save_outputs(trainer, processor, out: Path) -> None:

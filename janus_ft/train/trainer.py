@@ -3,8 +3,10 @@
 The one subclass in janus_ft: `compute_loss` must score image tokens with the generation head,
 which no stock forward does, and must stop on a non-finite loss before it reaches the weights;
 checkpoints are written then renamed (`upstream.AtomicCheckpoints`: a SIGKILL mid-save would
-otherwise leave a half-written `checkpoint-N` that resume picks up). Everything else -- optimiser, schedule, gradient
-accumulation, checkpoint contents, resume, DDP / DeepSpeed / FSDP, logging -- is TRL / transformers.
+otherwise leave a half-written `checkpoint-N` that resume picks up); `log` adds the probe's answers
+and images to an evaluation's entry. Everything else -- optimiser, schedule, gradient accumulation,
+checkpoint contents, resume, DDP / DeepSpeed / FSDP, logging -- is TRL / transformers. The callbacks
+here write `mixture.json` and the console lines.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from trl import SFTTrainer
 
 from ..janus import TASK_NAMES
 from ..model.loss import compute_loss_parts
+from . import console
 from .checkpoint import SignalCheckpoint, TrainingError
 from .upstream import AtomicCheckpoints, record_metric
 
@@ -32,6 +35,7 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
         self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
         self.skipped_batches = 0
         self._flops_params: int | None = None   # parameter count for `total_flos`, taken once
+        self._evaluating = False
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
@@ -102,24 +106,36 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
         return (zero, None) if return_outputs else zero
 
     def evaluate(self, *args, **kwargs):
-        """The Trainer's evaluation (loss per task), then the probe's generated answers and images."""
-        metrics = super().evaluate(*args, **kwargs)
-        if self.probe is None or not self.probe.enabled():
-            return metrics
+        """The Trainer's evaluation (loss per task), with the probe's generated answers and images
+        logged in the same entry (see `log`)."""
+        self._evaluating = True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = False
+
+    def log(self, logs: dict, start_time=None) -> None:
+        # The probe runs when the Trainer logs the evaluation's losses, so that one evaluation is one
+        # entry in log_history and TensorBoard, and one line on the console. `logs` is the dict
+        # `evaluate` returns, so the probe's metrics are in its result too.
+        if self._evaluating:
+            logs.update(self._probe())
+        super().log(logs, start_time)
+
+    def _probe(self) -> dict:
+        if self.probe is None or not self.probe.enabled() or not self.is_world_process_zero():
+            return {}
         from transformers.integrations import is_deepspeed_zero3_enabled
 
         # Generating on one rank while ZeRO-3 shards the weights would wait forever for the others.
         if is_deepspeed_zero3_enabled():
-            return metrics
-        if self.is_world_process_zero():
-            extra, grid = self.probe.run(self.accelerator.unwrap_model(self.model), self.state.global_step,
-                                         Path(self.args.output_dir))
-            if grid is not None:
-                from .probe import tensorboard_image
-                tensorboard_image(self.callback_handler.callbacks, "eval/samples", grid, self.state.global_step)
-            self.log(extra)
-            metrics.update(extra)
-        return metrics
+            return {}
+        extra, grid = self.probe.run(self.accelerator.unwrap_model(self.model), self.state.global_step,
+                                     Path(self.args.output_dir))
+        if grid is not None:
+            from .probe import tensorboard_image
+            tensorboard_image(self.callback_handler.callbacks, "eval/samples", grid, self.state.global_step)
+        return extra
 
 
 class MixtureCallback(TrainerCallback):
@@ -147,3 +163,51 @@ class MixtureCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.write(Path(args.output_dir), state.global_step)
+
+
+class ConsoleCallback(TrainerCallback):
+    """In place of transformers' progress bars and printed log dicts: one training bar (none with
+    `train.disable_tqdm`), with a line per training log and one per evaluation printed above it.
+    The evaluation gets no bar of its own: a second bar interleaves with the first."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and not args.disable_tqdm:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, dynamic_ncols=True, leave=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if any(k.startswith("eval_") for k in logs):
+            self.write(console.evaluation_line(logs, state.global_step, state.max_steps))
+        elif "loss" in logs:
+            self.write(console.training_line(logs, state.global_step, state.max_steps))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    @classmethod
+    def replace_defaults(cls, trainer) -> None:
+        """Take the place of the progress bar (or printer) the Trainer installs by default."""
+        from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        for default in {ProgressCallback, PrinterCallback, DEFAULT_PROGRESS_CALLBACK}:
+            trainer.remove_callback(default)
+        trainer.add_callback(cls())
