@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from janus_ft.cli import main
 from janus_ft.errors import UserError
+from janus_ft.export import config as convert_config
 from janus_ft.export import names as layout
 from janus_ft.export.convert import (
     convert_from_deepseek,
@@ -211,7 +212,7 @@ IDS = {"bos_token_id": 100000, "eos_token_id": 100001, "pad_token_id": 100002, "
 
 
 def test_real_janus_pro_config_maps_both_ways():
-    config = layout.janus_config_from_deepseek(JANUS_PRO_1B, IDS)
+    config = convert_config.janus_config_from_deepseek(JANUS_PRO_1B, IDS)
     v, q, t = config.vision_config, config.vq_config, config.text_config
     assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size, v.num_image_tokens) == (
         1024, 24, 16, 16, 576)
@@ -219,14 +220,14 @@ def test_real_janus_pro_config_maps_both_ways():
         16384, 8, 128, [1, 1, 2, 2, 4], 256)
     assert (t.hidden_size, t.num_hidden_layers, t.vocab_size, t.pad_token_id) == (2048, 24, 102400, 100002)
     assert config.tie_word_embeddings is False and t._attn_implementation != "flash_attention_2"
-    back, notes = layout.deepseek_config_from_janus(config, torch.bfloat16)
+    back, notes = convert_config.deepseek_config_from_janus(config, torch.bfloat16)
     assert not any("fixed architectures" in note for note in notes)
     for name in ("vision_config", "aligner_config", "gen_vision_config", "gen_aligner_config", "gen_head_config"):
         assert back[name] == JANUS_PRO_1B[name], name
 
 
 def test_every_real_janus_pro_tensor_name_maps_back_and_forth():
-    config = layout.janus_config_from_deepseek(JANUS_PRO_1B, IDS)
+    config = convert_config.janus_config_from_deepseek(JANUS_PRO_1B, IDS)
     names = layout.native_shapes(config)
     originals = {layout.to_deepseek(n)[0] for n in names}
     assert len(originals) == len(names) - 24 * 2 * 2  # q/k/v weight and bias fused in 24 SigLIP blocks
