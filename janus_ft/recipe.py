@@ -47,8 +47,8 @@ class DataSource:
 class DataArgs:
     train: list = _f([], "training sources: list of {path: FILE.jsonl}")
     val: list = _f([], "validation sources, same shape as train")
-    mix: dict = _f({"understanding": 5, "text": 1, "generation": 4},
-                   "samples of each task per optimizer step, as ratios (Janus-Pro stage 3: 5:1:4)")
+    mix: dict = _f({}, "samples of each task per optimizer step, as ratios (Janus-Pro stage 3: 5:1:4); "
+                       "empty: the tasks present, in proportion to their sizes")
     max_length: int = _f(2048, "longest sample in tokens after image expansion; longer ones are dropped")
     cfg_dropout: float = _f(0.1, "probability of blanking a generation caption (classifier-free guidance)")
     system_prompt: str | None = _f(None, "system prompt for records without one (default: Janus's own)")
@@ -287,7 +287,7 @@ def validate(recipe: Recipe) -> None:
         _choice("data.mix", task, TASKS)
         if not isinstance(ratio, (int, float)) or ratio < 0:
             raise RecipeError(f"data.mix.{task} must be a number >= 0, got {ratio!r}")
-    if sum(d.mix.values()) <= 0:
+    if d.mix and sum(d.mix.values()) <= 0:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
     if not 0 <= d.cfg_dropout < 1:
         raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")

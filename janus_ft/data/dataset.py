@@ -110,11 +110,13 @@ class JanusDataset(torch.utils.data.Dataset):
 
 
 def require_tasks(datasets: dict[str, JanusDataset | list], mix: dict[str, float]) -> None:
-    """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip."""
+    """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip.
+    (Without `data.mix` nothing is asked for: the tasks present are mixed by their sizes.)"""
     for task, ratio in mix.items():
         if ratio > 0 and (task not in datasets or len(datasets[task]) == 0):
             raise UserError(f"data.mix gives task '{task}' ratio {ratio} but no {task} records were found "
-                            f"in data.train (set its ratio to 0 or add {task} data)")
+                            f"in data.train (set its ratio to 0, add {task} data, or leave data.mix out to "
+                            "mix the tasks present by their sizes)")
 
 
 def read_sources(sources) -> list:
