@@ -89,7 +89,7 @@ class SftResult:
 def read_data(recipe: Recipe) -> tuple[list, list]:
     """(train, val) records, every record and every image validated; a task with a ratio and no
     records is an error."""
-    train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
+    train_records, val_records = (read_sources(s, recipe.train.seed) for s in (recipe.data.train, recipe.data.val))
     require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
     bad_images = check_images(train_records + val_records)   # decoded once each, as training will
     if bad_images:
