@@ -71,6 +71,7 @@ def data(tmp_path_factory):
     for name, colour in COLOURS.items():
         (root / "img" / f"{name}.png").write_bytes(png_bytes(colour))
     write_jsonl(root / "records.jsonl", RECORDS)
+    (root / "array.json").write_text(json.dumps(RECORDS))   # LLaVA-style: one JSON array
     with_images(RECORDS, root, "paths").to_parquet(root / "paths.parquet")
     with_images(RECORDS, root, "bytes").to_parquet(root / "bytes.parquet")
     image = with_images(RECORDS, root, "image")
@@ -95,6 +96,7 @@ def data(tmp_path_factory):
 
 
 SOURCES = {   # name -> (source entry, the JSONL file holding the same records)
+    "json-array": ({"path": "array.json"}, "records.jsonl"),
     "parquet-paths": ({"path": "paths.parquet"}, "records.jsonl"),
     "parquet-bytes": ({"path": "bytes.parquet"}, "records.jsonl"),
     "arrow-image": ({"path": "image.arrow"}, "records.jsonl"),
@@ -253,15 +255,18 @@ def test_a_hub_id_goes_through_datasets_load_dataset(monkeypatch):
 
 
 def test_sft_trains_on_dataset_sources_mixing_tasks_by_size(data, tmp_path, tiny_dir):
-    """`janus-ft sft` on Parquet (image bytes), an imagefolder and a sampled saved dataset, with no
-    data.mix: every task present is mixed by its size, and the run trains."""
+    """`janus-ft sft` on Parquet (image bytes), an imagefolder, a sampled saved dataset, an Arrow file
+    (datasets.Image) and a CSV with mapped columns, with no data.mix: every task present is mixed by
+    its size, and the run trains."""
     out = tmp_path / "run"
     recipe = {
         "model": {"path": "tiny"},
         "data": {"train": [{"path": str(data / "bytes.parquet")},
                            {"path": str(data / "folder"), "columns": {"images": "image", "response": "text"},
                             "query": "<image>Colour?"},
-                           {"path": f"{data / 'saved'}#7", "split": "train"}],
+                           {"path": f"{data / 'saved'}#7", "split": "train"},
+                           {"path": str(data / "image.arrow"), "max_samples": 2},
+                           dict(SOURCES["csv-columns"][0], path=str(data / "flat.csv"))],
                  "max_length": 512},
         "lora": {"r": 4, "alpha": 8, "targets": ["llm", "aligner"]},
         "train": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1.0e-3, "save_steps": 100,
@@ -270,12 +275,29 @@ def test_sft_trains_on_dataset_sources_mixing_tasks_by_size(data, tmp_path, tiny
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["sft", "--recipe", str(tmp_path / "r.yaml")]) == 0
     drawn = [RECORDS[i] for i in sample_indices(5, 7, seed=42)]   # #7 of 5 rows: all, plus 2 drawn
-    sizes = {"understanding": 2 + 3 + sum("<image>" in r["query"] for r in drawn),
-             "text": 2 + sum("images" not in r for r in drawn),
-             "generation": 1 + sum(r["response"] == "<image>" for r in drawn)}
+    # parquet (all 5) + imagefolder (3) + saved #7 + arrow (first 2) + CSV (3: one of each task)
+    sizes = {"understanding": 2 + 3 + sum("<image>" in r["query"] for r in drawn) + 2 + 1,
+             "text": 2 + sum("images" not in r for r in drawn) + 1,
+             "generation": 1 + sum(r["response"] == "<image>" for r in drawn) + 1}
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["ratios"] == sizes and mixture["samples"] == 12
     assert sum(mixture["consumed"].values()) == 12 and all(mixture["consumed"][t] >= 1 for t in sizes)
     losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_preview_shows_a_source_exactly_as_its_jsonl(data, capsys, tiny_dir):
+    def preview(*args) -> list[dict]:
+        assert main(["data", "preview", *args, "--model", str(tiny_dir), "--json"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    def rendered(rows):
+        return [(r["task"], r["text"], r["input_ids"], r["labels"]) for r in rows]
+
+    parquet = preview(str(data / "bytes.parquet"))
+    assert rendered(parquet) == rendered(preview(str(data / "records.jsonl")))
+    assert [r["line"] for r in parquet] == [f"row {i}" for i in range(len(RECORDS))]
+    folder = preview(str(data / "folder"), "--column", "images=image", "--column", "response=text",
+                     "--query", "<image>Colour?")
+    assert rendered(folder) == rendered(preview(str(data / "folder/expected.jsonl")))
