@@ -49,6 +49,8 @@ class DataSource:
     name: str | None = _f(None, "configuration (subset) of a hub dataset")
     columns: dict = _f({}, f"record field -> the source's column, fields: {', '.join(RECORD_FIELDS)}")
     query: str | None = _f(None, "the query of every record, for sources that hold only (image, text)")
+    response: str | None = _f(None, "the response of every record: '<image>' for text-to-image sources of "
+                                    "(image, caption) rows")
     max_samples: int | None = _f(None, "use the first N records of the source")
     sample: int | None = _f(None, "use N records drawn at random with train.seed, repeating the source when N "
                                   "exceeds it (what PATH#N sets)")
@@ -357,8 +359,9 @@ def check_source(src: DataSource, where: str) -> None:
         _choice(f"{where}.columns", key, RECORD_FIELDS)
         if not isinstance(column, str) or not column:
             raise RecipeError(f"{where}.columns.{key} must name a column of the source, got {column!r}")
-    if src.query is not None and "query" in src.columns:
-        raise RecipeError(f"{where}: query and columns.query both give the query: pick one")
+    for key in ("query", "response"):
+        if getattr(src, key) is not None and key in src.columns:
+            raise RecipeError(f"{where}: {key} and columns.{key} both give the {key}: pick one")
     for key in ("max_samples", "sample"):
         if getattr(src, key) is not None and getattr(src, key) < 1:
             raise RecipeError(f"{where}.{key} must be >= 1, got {getattr(src, key)}")

@@ -92,6 +92,8 @@ def data(tmp_path_factory):
     write_jsonl(folder / "metadata.jsonl", [{"file_name": f"img/{n}.png", "text": n} for n in names])
     write_jsonl(folder / "expected.jsonl", [{"query": "<image>Colour?", "response": n, "images": [f"img/{n}.png"]}
                                             for n in names])
+    write_jsonl(folder / "expected_t2i.jsonl", [{"query": n, "response": "<image>", "images": [f"img/{n}.png"]}
+                                                for n in names])
     return root
 
 
@@ -105,6 +107,8 @@ SOURCES = {   # name -> (source entry, the JSONL file holding the same records)
                     "flat.jsonl"),
     "imagefolder": ({"path": "folder", "columns": {"images": "image", "response": "text"}, "query": "<image>Colour?"},
                     "folder/expected.jsonl"),
+    "imagefolder-t2i": ({"path": "folder", "columns": {"images": "image", "query": "text"}, "response": "<image>"},
+                        "folder/expected_t2i.jsonl"),
 }
 
 

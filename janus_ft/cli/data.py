@@ -55,6 +55,7 @@ def _source_options(parser) -> None:
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                         help="read record field FIELD (query, response, images, ...) from column COLUMN")
     parser.add_argument("--query", help="the query of every record (for sources of image, text rows)")
+    parser.add_argument("--response", help="the response of every record ('<image>' for image, caption rows)")
 
 
 def _sources(paths: list[str], args) -> list:
@@ -69,7 +70,7 @@ def _sources(paths: list[str], args) -> list:
     out = []
     for path in paths:
         src = parse_source({"path": path, "split": args.split, "name": args.name, "columns": columns,
-                            "query": args.query}, path)
+                            "query": args.query, "response": args.response}, path)
         check_source(src, path)
         out.append(src)
     return out

@@ -11,8 +11,8 @@ reads (errors name `source:row N`, N being the row's index in the source, as in 
 | another directory: an imagefolder, a clone of a hub repository | `datasets.load_dataset(dir, name)` |
 | anything else, e.g. `owner/name` | `datasets.load_dataset(id, name)`: the hub, its local cache, or a mirror |
 
-A row becomes record fields (`columns` maps fields onto the source's columns, `query` gives every
-record one query) and is then validated by `records.parse_record` exactly as a JSONL line is. Image
+A row becomes record fields (`columns` maps fields onto the source's columns, `query` / `response`
+give every record the same query / response) and is then validated by `records.parse_record` exactly as a JSONL line is. Image
 values may be paths (relative to the source file's directory, or to the source directory), encoded
 bytes, or `datasets.Image` values; images that arrive as data are stored once as files
 (`images.stored_image`), so every image reaches training, `data check` and the VQ cache by path.
@@ -102,20 +102,24 @@ def _taken(n_rows: int, src: DataSource, seed: int) -> list[int]:
     return list(range(min(n_rows, src.max_samples or n_rows)))
 
 
-def map_fields(obj, columns: dict[str, str], query: str | None):
+def map_fields(obj, columns: dict[str, str], constants: dict[str, str]):
     """One row's record fields: a column mapped onto a field becomes that field (and only that:
-    `{response: query}` moves the column), the row's other fields stay, `query` is every record's query.
+    `{response: query}` moves the column), the row's other fields stay, `constants` (a source's
+    `query` / `response`) are every record's.
 
-    >>> map_fields({"image": "a.png", "text": "x^2", "id": 7}, {"images": "image", "response": "text"}, "<image>OCR")
+    >>> map_fields({"image": "a.png", "text": "x^2", "id": 7}, {"images": "image", "response": "text"},
+    ...            {"query": "<image>OCR"})
     {'id': 7, 'images': 'a.png', 'response': 'x^2', 'query': '<image>OCR'}
     """
-    if not isinstance(obj, dict) or (not columns and query is None):
+    if not isinstance(obj, dict) or (not columns and not constants):
         return obj
     out = {k: v for k, v in obj.items() if k not in columns.values()}
     out.update({fld: obj[col] for fld, col in columns.items() if col in obj})
-    if query is not None:
-        out["query"] = query
-    return out
+    return out | constants
+
+
+def _constants(src: DataSource) -> dict[str, str]:
+    return {k: getattr(src, k) for k in ("query", "response") if getattr(src, k) is not None}
 
 
 def _jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
@@ -129,7 +133,7 @@ def _jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
 
 
 def _jsonl_fields(text: str, path: Path, number: int, src: DataSource):
-    return map_fields(decode_line(text, path, number), src.columns, src.query)
+    return map_fields(decode_line(text, path, number), src.columns, _constants(src))
 
 
 def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
@@ -151,7 +155,7 @@ def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
 
 def _dataset_fields(row: dict, base: Path, src: DataSource, where: str):
     # A column a row leaves empty (null) is a field the record does not have, as in JSONL.
-    fields = map_fields({k: v for k, v in row.items() if v is not None}, src.columns, src.query)
+    fields = map_fields({k: v for k, v in row.items() if v is not None}, src.columns, _constants(src))
     if "images" in fields:
         fields["images"] = image_files(fields["images"], base, partial(BadRecord, src.label, where))
     return fields
@@ -163,8 +167,9 @@ def _needed_columns(names: list[str], src: DataSource) -> list[str]:
     for fld, col in src.columns.items():
         if col not in names:
             raise BadRecord(src.label, None, f"columns.{fld}", f"no column {col!r} (columns: {', '.join(names)})")
-    own = [c for c in names if c in RECORD_FIELDS and c not in src.columns and not (c == "query" and src.query)]
-    fields = set(own) | set(src.columns) | ({"query"} if src.query is not None else set())
+    constants = _constants(src)
+    own = [c for c in names if c in RECORD_FIELDS and c not in src.columns and c not in constants]
+    fields = set(own) | set(src.columns) | set(constants)
     if not fields & set(_TEXT_FIELDS):
         raise BadRecord(src.label, None, None, f"no query, response or messages column (columns: {', '.join(names)}); "
                         "map them with columns, e.g. columns: {response: text}")
