@@ -305,3 +305,35 @@ def test_preview_shows_a_source_exactly_as_its_jsonl(data, capsys, tiny_dir):
     folder = preview(str(data / "folder"), "--column", "images=image", "--column", "response=text",
                      "--query", "<image>Colour?")
     assert rendered(folder) == rendered(preview(str(data / "folder/expected.jsonl")))
+
+
+def test_data_check_reads_a_recipes_sources_with_its_seed(data, tmp_path, capsys, tiny_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"path": "tiny"}, "train": {"seed": 3}, "data": {"train": [
+        {"path": f"{data / 'bytes.parquet'}#3"}, dict(SOURCES["imagefolder"][0], path=str(data / "folder"))]}}))
+    assert main(["data", "check", "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    drawn = [RECORDS[i] for i in sample_indices(5, 3, seed=3)]
+    counts = [sum("<image>" in r["query"] for r in drawn), sum("images" not in r for r in drawn),
+              sum(r["response"] == "<image>" for r in drawn)]
+    assert f"{data / 'bytes.parquet'}: 3 valid record(s): understanding {counts[0]}, text {counts[1]}, " \
+           f"generation {counts[2]}" in out
+    assert f"{data / 'folder'}: 3 valid record(s): understanding 3, text 0, generation 0" in out
+    assert f"6 valid record(s): understanding {counts[0] + 3}, text {counts[1]}, generation {counts[2]}" in out
+
+
+def test_image_values_become_files(tmp_path):
+    from janus_ft.data.sources import image_files
+
+    def bad(field, problem):
+        return BadRecord("s.parquet", "row 4", field, problem)
+
+    red = Image.new("RGB", (5, 3), COLOURS["red"])
+    stored = image_files([red, {"bytes": png_bytes(COLOURS["red"]), "path": "x.png"}, {"bytes": None, "path": "a.png"},
+                          "b.png", "/abs/c.png", 7], tmp_path, bad)
+    assert np.array_equal(np.asarray(open_rgb(Path(stored[0]))), np.asarray(red))   # a PIL image, losslessly
+    assert Path(stored[1]).read_bytes() == png_bytes(COLOURS["red"])               # bytes win over a path
+    assert stored[2:] == [str(tmp_path / "a.png"), str(tmp_path / "b.png"), "/abs/c.png", 7]
+    with pytest.raises(BadRecord) as err:
+        image_files({"bytes": None, "path": None}, tmp_path, bad)
+    assert str(err.value) == "s.parquet:row 4: field 'images[0]': an image value with neither bytes nor a path"
