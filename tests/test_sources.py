@@ -170,6 +170,13 @@ def test_sample_and_max_samples_take_the_rows_ms_swift_would(data):
     assert sample_indices(10, 4, seed=42) == sorted(set(sample_indices(10, 4, seed=42)))   # distinct rows
 
 
+def test_csv_cells_are_text(data):
+    """CSV has no types: an answer of 3.10 or 007 is the text written, not a number."""
+    (data / "numbers.tsv").write_text("query\tresponse\nHow long?\t3.10\nWhich agent?\t007\n")
+    assert [r.turns for r in read_source(source(data, {"path": "numbers.tsv"}))] == [
+        [("How long?", "3.10")], [("Which agent?", "007")]]
+
+
 def test_only_the_rows_taken_are_read(data):
     path = write_jsonl(data / "tail.jsonl", [{"query": "q", "response": "r"}] * 3 + ['{"broken'])
     assert len(read_source(parse_source({"path": str(path), "max_samples": 3}, "t"))) == 3

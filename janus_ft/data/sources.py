@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import BadRecord, RecipeError
 from ..recipe import RECORD_FIELDS, DataSource
 from .images import stored_image
@@ -178,10 +180,8 @@ def _needed_columns(names: list[str], src: DataSource) -> list[str]:
 
 def image_files(value, base: Path, bad) -> list:
     """A row's images -> the file paths records hold. Paths are taken relative to `base`; encoded
-    bytes, `datasets.Image` values ({"bytes", "path"}) and PIL images with data are stored as files.
-    Anything else is passed on for `parse_record` to reject with its usual message."""
-    from PIL import Image
-
+    bytes, PIL images and the bytes of `datasets.Image` values ({"bytes", "path"}) are stored as
+    files. Anything else is passed on for `parse_record` to reject with its usual message."""
     out = []
     for i, item in enumerate(value if isinstance(value, list) else [value]):
         if isinstance(item, dict) and item and set(item) <= {"bytes", "path"}:
@@ -211,14 +211,27 @@ def open_dataset(src: DataSource):
         elif kind in ("hub", "dir"):
             loaded = datasets.load_dataset(src.path, src.name, split=src.split)
         else:
-            options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            options = _csv_options(path) if kind == "csv" else {}
             loaded = datasets.load_dataset(kind, data_files=src.path, split=src.split, **options)
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
         cause = f" ({brief(str(err.__cause__), 200)})" if err.__cause__ else ""
-        where = "" if kind != "hub" else " (not a local file or directory; tried it as a hub dataset id)"
-        raise BadRecord(src.label, None, None, f"cannot load{where}: {brief(str(err), 300)}{cause}") from None
+        hint = "" if kind != "hub" else " (not a local file or directory; tried it as a hub dataset id)"
+        raise BadRecord(src.label, None, None, f"cannot load{hint}: {brief(str(err), 300)}{cause}") from None
     base = path if kind in ("saved", "dir") else Path.cwd() if kind == "hub" else path.parent
     return _split_of(loaded, src), base
+
+
+def _csv_options(path: Path) -> dict:
+    """Every column read as text: CSV has no types, and pandas would turn an answer "3.10" into the
+    number 3.1 and "007" into 7."""
+    import csv
+
+    import datasets
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f, delimiter=delimiter), [])
+    return {"delimiter": delimiter, "features": datasets.Features({c: datasets.Value("string") for c in header})}
 
 
 def _split_of(loaded, src: DataSource):
