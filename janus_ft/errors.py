@@ -10,9 +10,10 @@ class UserError(Exception):
 
 
 class BadRecord(UserError):
-    """A dataset record that cannot be used, located by file, line and field."""
+    """A dataset record that cannot be used, located by source, line (a JSONL line number, or
+    "row N" of another source) and field."""
 
-    def __init__(self, path, line: int | None = None, field: str | None = None, problem: str | None = None):
+    def __init__(self, path, line: int | str | None = None, field: str | None = None, problem: str | None = None):
         if problem is None:
             # Rebuilt from a message alone: torch's DataLoader re-raises a worker's exception as
             # `type(message)`, the message ending in the original "BadRecord: file:line: ..." line.

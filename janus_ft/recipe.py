@@ -37,18 +37,36 @@ class ModelArgs:
     attn_implementation: str | None = _f(None, "sdpa | eager | flash_attention_2 (default: transformers' choice)")
 
 
+# What `columns` may map a source's columns onto (the JSONL record fields, docs/data.md).
+RECORD_FIELDS = ("query", "response", "images", "history", "system", "messages", "task")
+
+
 @dataclass
 class DataSource:
-    path: str = _f("", "a JSONL file; image paths inside are relative to it")
-    max_samples: int | None = _f(None, "use at most this many records from the file")
+    path: str = _f("", "a JSONL, Parquet, Arrow, CSV or JSON file, an imagefolder or saved-dataset directory, "
+                       "or a hub dataset id; PATH#N samples N records (ms-swift's syntax, see sample)")
+    split: str | None = _f(None, "split of a `datasets` source (default: its only split)")
+    name: str | None = _f(None, "configuration (subset) of a hub dataset")
+    columns: dict = _f({}, f"record field -> the source's column, fields: {', '.join(RECORD_FIELDS)}")
+    query: str | None = _f(None, "the query of every record, for sources that hold only (image, text)")
+    response: str | None = _f(None, "the response of every record: '<image>' for text-to-image sources of "
+                                    "(image, caption) rows")
+    max_samples: int | None = _f(None, "use the first N records of the source")
+    sample: int | None = _f(None, "use N records drawn at random with train.seed, repeating the source when N "
+                                  "exceeds it (what PATH#N sets)")
+
+    @property
+    def label(self) -> str:
+        """How errors and logs name the source: its path, and the split when one was chosen."""
+        return f"{self.path}[{self.split}]" if self.split else self.path
 
 
 @dataclass
 class DataArgs:
     train: list = _f([], "training sources: list of {path: FILE.jsonl}")
     val: list = _f([], "validation sources, same shape as train")
-    mix: dict = _f({"understanding": 5, "text": 1, "generation": 4},
-                   "samples of each task per optimizer step, as ratios (Janus-Pro stage 3: 5:1:4)")
+    mix: dict = _f({}, "samples of each task per optimizer step, as ratios (Janus-Pro stage 3: 5:1:4); "
+                       "empty: the tasks present, in proportion to their sizes")
     max_length: int = _f(2048, "longest sample in tokens after image expansion; longer ones are dropped")
     cfg_dropout: float = _f(0.1, "probability of blanking a generation caption (classifier-free guidance)")
     system_prompt: str | None = _f(None, "system prompt for records without one (default: Janus's own)")
@@ -257,14 +275,38 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     if ds and not Path(ds).is_absolute() and not Path(ds).exists() and (base / ds).exists():
         recipe.train.deepspeed = str(base / ds)
     for split in ("train", "val"):
-        sources = []
-        for i, src in enumerate(getattr(recipe.data, split)):
-            src = _build(DataSource, src if isinstance(src, dict) else {"path": src}, f"data.{split}[{i}].")
-            p = Path(src.path)
-            if not p.is_absolute() and not p.exists() and (base / p).exists():
-                src.path = str(base / p)
-            sources.append(src)
-        setattr(recipe.data, split, sources)
+        setattr(recipe.data, split, [parse_source(src, f"data.{split}[{i}]", base)
+                                     for i, src in enumerate(getattr(recipe.data, split))])
+
+
+def parse_source(spec, where: str, base: Path | None = None) -> DataSource:
+    """A `DataSource` from a recipe entry (a mapping or a bare path) or a command-line argument.
+
+    `PATH#N` is ms-swift's way to ask for N sampled records; a path that exists as written (a file
+    really named `a#3.jsonl`) is taken as it is. A relative path that does not exist in the working
+    directory but does next to the recipe (`base`) is resolved there.
+    """
+    if isinstance(spec, DataSource):
+        return spec
+    src = _build(DataSource, spec if isinstance(spec, dict) else {"path": spec}, f"{where}.")
+    if not isinstance(src.path, str) or not src.path:
+        raise RecipeError(f"{where}.path: give a file, a directory or a hub dataset id")
+    head, sep, count = src.path.rpartition("#")
+    if sep and count.isdigit() and not _exists(src.path) and not (base and _exists(base / src.path)):
+        if src.sample is not None:
+            raise RecipeError(f"{where}: {src.path!r} and sample={src.sample} both set the sample size")
+        src.path, src.sample = head, int(count)
+    p = Path(src.path)
+    if base is not None and not p.is_absolute() and not _exists(p) and _exists(base / p):
+        src.path = str(base / p)
+    return src
+
+
+def _exists(path) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):   # a name too long for the file system, an embedded NUL byte
+        return False
 
 
 def validate(recipe: Recipe) -> None:
@@ -288,7 +330,7 @@ def validate(recipe: Recipe) -> None:
         _choice("data.mix", task, TASKS)
         if not isinstance(ratio, (int, float)) or ratio < 0:
             raise RecipeError(f"data.mix.{task} must be a number >= 0, got {ratio!r}")
-    if sum(d.mix.values()) <= 0:
+    if d.mix and sum(d.mix.values()) <= 0:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
     if not 0 <= d.cfg_dropout < 1:
         raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
@@ -299,6 +341,9 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError(f"data.max_length must be at least 8, got {d.max_length}")
     if not d.train:
         raise RecipeError("data.train is empty: give at least one {path: FILE.jsonl}")
+    for split in ("train", "val"):
+        for i, src in enumerate(getattr(d, split)):
+            check_source(src, f"data.{split}[{i}]")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(t, key) < 1:
             raise RecipeError(f"train.{key} must be >= 1, got {getattr(t, key)}")
@@ -307,6 +352,22 @@ def validate(recipe: Recipe) -> None:
         _check_deepspeed(t.deepspeed)
     if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
         raise RecipeError("train.max_steps or train.num_train_epochs must be positive")
+
+
+def check_source(src: DataSource, where: str) -> None:
+    """Names and numbers of one data source (what it holds is checked when it is read)."""
+    for key, column in src.columns.items():
+        _choice(f"{where}.columns", key, RECORD_FIELDS)
+        if not isinstance(column, str) or not column:
+            raise RecipeError(f"{where}.columns.{key} must name a column of the source, got {column!r}")
+    for key in ("query", "response"):
+        if getattr(src, key) is not None and key in src.columns:
+            raise RecipeError(f"{where}: {key} and columns.{key} both give the {key}: pick one")
+    for key in ("max_samples", "sample"):
+        if getattr(src, key) is not None and getattr(src, key) < 1:
+            raise RecipeError(f"{where}.{key} must be >= 1, got {getattr(src, key)}")
+    if src.max_samples is not None and src.sample is not None:
+        raise RecipeError(f"{where}: max_samples (the first N) and sample / #N (N at random) both set: pick one")
 
 
 def _check_deepspeed(path: str) -> None:

@@ -22,8 +22,14 @@ SAMPLES = REPO / "data_templates" / "samples"
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Keep the tiny model and VQ code cache of the test session out of the user's ~/.cache."""
+    """Keep the tiny model, the VQ code cache and the image store of the test session, and the Arrow
+    copies `datasets` makes of the sources tests load, out of the user's ~/.cache."""
+    import sys
+
     os.environ["JANUS_FT_CACHE"] = str(tmp_path_factory.mktemp("janus_ft_cache"))
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    if "datasets" in sys.modules:   # already imported: it read the variable at import
+        sys.modules["datasets"].config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])
     yield
 
 

@@ -22,6 +22,6 @@ def test_docstring_examples(name):
 def test_the_examples_are_there():
     """Modules whose pure functions are documented by examples keep them."""
     counts = {name: doctest.testmod(importlib.import_module(name)).attempted for name in
-              ("janus_ft.data.collate", "janus_ft.data.mixture", "janus_ft.eval.metrics",
+              ("janus_ft.data.collate", "janus_ft.data.mixture", "janus_ft.data.sources", "janus_ft.eval.metrics",
                "janus_ft.bench.throughput")}
     assert all(n > 0 for n in counts.values()), counts

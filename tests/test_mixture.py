@@ -43,3 +43,25 @@ def test_schedule_is_deterministic_per_seed():
     args = ({"understanding": 20, "generation": 20}, {"understanding": 1, "generation": 1}, 4, 10)
     assert build_schedule(*args, seed=5) == build_schedule(*args, seed=5)
     assert build_schedule(*args, seed=5) != build_schedule(*args, seed=6)
+
+
+def test_without_ratios_the_tasks_present_mix_by_size_one_pass_per_epoch():
+    """No data.mix: each task's share is its share of the data, and an epoch uses every sample
+    exactly once (a task with no samples is simply absent, not an error)."""
+    from janus_ft.data.mixture import resolve_ratios, steps_for_epochs
+
+    sizes = {"understanding": 30, "text": 10, "generation": 20}
+    steps = steps_for_epochs(sizes, {}, 6, epochs=1)
+    assert steps == 10
+    schedule = build_schedule(sizes, resolve_ratios({}, sizes), 6, steps, seed=0)
+    for task, n in sizes.items():
+        assert sorted(i for t, i in schedule if t == task) == list(range(n))
+    assert resolve_ratios({}, {"understanding": 4, "text": 0}) == {"understanding": 4}
+
+
+def test_nothing_left_to_mix_is_a_user_error():
+    from janus_ft.data.mixture import resolve_ratios
+    from janus_ft.errors import UserError
+
+    with pytest.raises(UserError, match="no samples to train on: every record is longer than data.max_length"):
+        resolve_ratios({}, {"understanding": 0, "text": 0})

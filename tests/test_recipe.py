@@ -10,6 +10,7 @@ from janus_ft.recipe import load_recipe, save_recipe
 from janus_ft.train.sft import sft_config
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data_templates" / "samples"
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
@@ -165,3 +166,22 @@ def test_every_command_has_help(capsys):
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "usage: janus-ft " + name in capsys.readouterr().out
+
+
+def test_without_data_mix_the_tasks_present_are_mixed_by_size():
+    """A recipe with one task's data and no data.mix trains on it (no ratios to zero first); an
+    explicit ratio for a task without records stays an error."""
+    from janus_ft.errors import UserError
+    from janus_ft.train.sft import read_data, training_schedule
+
+    train = [f"data.train=[{{path: {SAMPLES / 'understanding.jsonl'}}}, {{path: {SAMPLES / 'text.jsonl'}}}]",
+             "train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2"]
+    recipe = load_recipe(None, train)
+    assert recipe.data.mix == {}
+    records, _ = read_data(recipe)
+    sets = {task: [r for r in records if r.task == task] for task in ("understanding", "text", "generation")}
+    mixture, global_batch, steps = training_schedule(recipe, sets)
+    assert mixture.ratios == {"understanding": 48, "text": 24} and (global_batch, steps) == (8, 9)
+    assert mixture.counts(len(mixture)) == {"understanding": 48, "text": 24, "generation": 0}
+    with pytest.raises(UserError, match="data.mix gives task 'generation' ratio 4 but no generation records"):
+        read_data(load_recipe(None, train + ["data.mix={understanding: 5, text: 1, generation: 4}"]))

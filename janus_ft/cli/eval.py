@@ -8,15 +8,16 @@ from pathlib import Path
 from ..errors import UserError
 from ..eval.evaluate import EvalSettings, evaluate, markdown, write_report
 from ..model.loading import adapter_base
-from ..recipe import DataSource, load_recipe
+from ..recipe import load_recipe, parse_source
 from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:
     parser.add_argument("--recipe", required=True, help="the recipe the adapter was trained with")
     parser.add_argument("--adapter", help="LoRA adapter directory (default: evaluate the base model only)")
-    parser.add_argument("--data", action="append", metavar="FILE.jsonl",
-                        help="validation file(s) to use instead of the recipe's data.val")
+    parser.add_argument("--data", action="append", metavar="SOURCE",
+                        help="validation source(s) to use instead of the recipe's data.val: a JSONL, Parquet, "
+                             "Arrow, CSV or JSON file, a dataset directory or a hub id; SOURCE#N samples N")
     parser.add_argument("--compare-base", action="store_true", help="also evaluate the base model, side by side")
     parser.add_argument("--output", metavar="DIR", help="report directory (default: ADAPTER/eval, "
                         "or OUTPUT_DIR/eval-base without an adapter)")
@@ -29,7 +30,7 @@ def configure(parser) -> None:
 def run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     ensure_tiny(recipe.model.path)
-    sources = [DataSource(path=p) for p in args.data] if args.data else recipe.data.val
+    sources = [parse_source(p, "--data") for p in args.data] if args.data else recipe.data.val
     if not sources:
         raise UserError("nothing to evaluate: the recipe's data.val is empty; pass --data FILE.jsonl")
     if args.max_new_tokens < 1:

@@ -1,11 +1,13 @@
 """Data: from dataset records to model-ready batches, in pipeline order.
 
 1. `records`      JSONL lines -> validated `Record`s (task inferred; file:line:field errors)
-2. `images`       image files decoded once, checked, converted to RGB
-3. `conversation` a `Record` -> the exact Janus prompt, split into supervised / unsupervised pieces
-4. `tokens`       pieces -> `input_ids` and aligned `labels`, built together
-5. `vq`           generation targets -> faithful VQ codes, cached on disk
-6. `dataset`      records -> lazy per-task datasets (and the sources a recipe names)
-7. `mixture`      per-task datasets -> one schedule holding the task ratios inside every step
-8. `collate`      samples -> padded or packed batches
+2. `images`       image files decoded once, checked, converted to RGB; images given as data stored as files
+3. `sources`      any source a recipe names (JSONL, Parquet, Arrow, CSV, JSON, dataset directories, hub ids)
+                  -> `Record`s, with column maps and `#N` sampling (source:row N:field errors)
+4. `conversation` a `Record` -> the exact Janus prompt, split into supervised / unsupervised pieces
+5. `tokens`       pieces -> `input_ids` and aligned `labels`, built together
+6. `vq`           generation targets -> faithful VQ codes, cached on disk
+7. `dataset`      records -> lazy per-task datasets
+8. `mixture`      per-task datasets -> one schedule holding the task ratios inside every step
+9. `collate`      samples -> padded or packed batches
 """

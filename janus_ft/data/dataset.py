@@ -14,34 +14,25 @@ from pathlib import Path
 import torch
 from accelerate.logging import get_logger
 
-from ..errors import BadRecord, UserError
+from ..errors import UserError
 from ..janus import TASK_IDS, SpecialIds
-from ..recipe import Recipe
+from ..recipe import Recipe, parse_source
 from .conversation import render
 from .images import open_rgb, pixel_values
-from .records import Record, parse_line, read_lines, read_records
+from .records import Record
+from .sources import DEFAULT_SEED, read_source
 from .tokens import drop_condition, encode
 
 logger = get_logger(__name__)
 
 
 
-def load_records(paths, errors: list | None = None) -> list[Record]:
-    """Read JSONL files. With `errors`, bad records are collected there and skipped; without, the
-    first one raises."""
+def load_records(sources, errors: list | None = None, seed: int = DEFAULT_SEED) -> list[Record]:
+    """Read sources (`DataSource`s, or paths / `PATH#N` strings). With `errors`, bad records are
+    collected there and skipped; without, the first one raises. `seed` draws `#N` samples."""
     out: list[Record] = []
-    for path in paths:
-        if errors is None:
-            out += list(read_records(path))
-            continue
-        try:
-            for number, text in read_lines(path):
-                try:
-                    out.append(parse_line(text, Path(path), number))
-                except BadRecord as err:
-                    errors.append(err)
-        except BadRecord as err:  # the file itself: missing or unreadable
-            errors.append(err)
+    for src in sources:
+        out += read_source(parse_source(str(src) if isinstance(src, Path) else src, "source"), seed, errors)
     return out
 
 
@@ -110,20 +101,19 @@ class JanusDataset(torch.utils.data.Dataset):
 
 
 def require_tasks(datasets: dict[str, JanusDataset | list], mix: dict[str, float]) -> None:
-    """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip."""
+    """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip.
+    (Without `data.mix` nothing is asked for: the tasks present are mixed by their sizes.)"""
     for task, ratio in mix.items():
         if ratio > 0 and (task not in datasets or len(datasets[task]) == 0):
             raise UserError(f"data.mix gives task '{task}' ratio {ratio} but no {task} records were found "
-                            f"in data.train (set its ratio to 0 or add {task} data)")
+                            f"in data.train (set its ratio to 0, add {task} data, or leave data.mix out to "
+                            "mix the tasks present by their sizes)")
 
 
-def read_sources(sources) -> list:
-    """Every record of the given sources, validated (raises on the first bad one)."""
-    records = []
-    for src in sources:
-        recs = load_records([src.path])
-        records += recs[: src.max_samples] if src.max_samples else recs
-    return records
+def read_sources(sources, seed: int = DEFAULT_SEED) -> list:
+    """Every record of the given sources, validated (raises on the first bad one); `seed` (the
+    recipe's train.seed) draws the records of `#N` sources."""
+    return load_records(sources, seed=seed)
 
 
 def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:

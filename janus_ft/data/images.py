@@ -8,6 +8,8 @@ both paths agree on what an image looks like, then preprocessed by `janus_ft.vq`
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import stat
 import warnings
@@ -17,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadRecord
+from ..files import cache_root, publish
 from .records import brief
 
 # Far above any real training image (a 16k x 16k photo), far below a decompression bomb. PIL's own
@@ -137,3 +140,25 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def pixel_values(image_processor, images: list[Image.Image]):
     """Float tensor (n, 3, H, W) from the checkpoint's own image processor."""
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def stored_image(image) -> Path:
+    """A file holding `image` (encoded bytes, or a PIL image), for images that arrive as data.
+
+    Every image then reaches training, `data check` and the VQ code cache the one way they all
+    read images: by path. Files are named by their content's hash under the cache root, so a
+    second read, another rank or another source holding the same image reuses one file; bytes are
+    stored as they are (a broken image is reported, with its record, when it is decoded).
+    """
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")   # lossless: the pixels trained on are the pixels given
+        image = buffer.getvalue()
+    digest = hashlib.sha256(image).hexdigest()
+    path = cache_root() / "images" / digest[:2] / digest
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{digest}.{os.getpid()}")
+        staged.write_bytes(image)
+        publish(staged, path, keep_existing=True)
+    return path

@@ -5,7 +5,8 @@ Janus-Pro's SFT "mixed all data types according to the ratio in a single trainin
 block of `global_batch` consecutive samples (= one optimizer step across all devices and
 accumulation steps) holds each task's share, rounded with a carried remainder so the counts over
 any run stay within one sample of the ratios. The trainer reads the schedule in order, so resuming
-from step k replays exactly the samples of steps k+1.. of an uninterrupted run.
+from step k replays exactly the samples of steps k+1.. of an uninterrupted run. A recipe without
+ratios mixes the tasks present in proportion to their sizes (`resolve_ratios`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,28 @@ import random
 
 import torch
 
+from ..errors import UserError
 from .dataset import TASK_IDS, JanusDataset
+
+
+def resolve_ratios(ratios: dict[str, float], sizes: dict[str, int]) -> dict[str, float]:
+    """The ratios to mix by: the recipe's, or without any, each task present in proportion to its
+    samples, so one epoch is one pass over everything (what a user with one task, or with data
+    already balanced as they want it, expects without writing a mix).
+
+    >>> resolve_ratios({}, {"understanding": 300, "text": 100, "generation": 0})
+    {'understanding': 300, 'text': 100}
+    >>> resolve_ratios({"understanding": 5, "text": 1}, {"understanding": 3, "text": 1})
+    {'understanding': 5, 'text': 1}
+    """
+    if ratios:
+        return dict(ratios)
+    present = {task: n for task, n in sizes.items() if n > 0}
+    if not present:
+        # Every record was dropped (longer than data.max_length): a schedule of nothing would
+        # "train" zero samples without a word.
+        raise UserError("no samples to train on: every record is longer than data.max_length")
+    return present
 
 
 def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> list[dict[str, int]]:
@@ -86,21 +108,24 @@ def steps_for_epochs(sizes: dict[str, int], ratios: dict[str, float], global_bat
     """Steps for `epochs` epochs, an epoch being as many samples as the mixed tasks hold together
     (one pass over everything when the ratios follow the data sizes; with other ratios, small tasks
     repeat and large ones are subsampled, as the ratio asks)."""
+    ratios = resolve_ratios(ratios, sizes)
     total = sum(sizes[t] for t in sizes if ratios.get(t, 0) > 0)
     return max(1, round(epochs * total / global_batch))
 
 
 class MixtureDataset(torch.utils.data.Dataset):
-    """The training schedule as a map-style dataset, read in order by the trainer."""
+    """The training schedule as a map-style dataset, read in order by the trainer; `ratios` holds
+    the ratios it mixes by (the recipe's, or the task sizes: see `resolve_ratios`)."""
 
     def __init__(self, datasets: dict[str, JanusDataset], ratios: dict[str, float], global_batch: int,
                  n_steps: int, seed: int, cfg_dropout: float = 0.0, group_by_length: bool = False):
         self.datasets, self.seed, self.cfg_dropout = datasets, seed, cfg_dropout
-        sizes = {t: len(d) for t, d in datasets.items() if len(d) and ratios.get(t, 0) > 0}
+        self.ratios = resolve_ratios(ratios, {t: len(d) for t, d in datasets.items()})
+        sizes = {t: len(d) for t, d in datasets.items() if len(d) and self.ratios.get(t, 0) > 0}
         # CFG dropout blanks caption ids in place, so a sample's length is known before it is built.
         lengths = ({t: [len(e.input_ids) for e in datasets[t].examples] for t in sizes}
                    if group_by_length else None)
-        self.schedule = build_schedule(sizes, ratios, global_batch, n_steps, seed, lengths)
+        self.schedule = build_schedule(sizes, self.ratios, global_batch, n_steps, seed, lengths)
 
     def __len__(self) -> int:
         return len(self.schedule)

@@ -1,4 +1,4 @@
-"""Records: JSONL lines -> validated `Record`s (first stage of the pipeline).
+"""Records: JSONL lines (or rows of other sources, see `sources`) -> validated `Record`s.
 
 Accepted shapes (README, data_templates/examples): `query`/`response`/`images`/`history`/`system`, or
 `messages` (+ `images`). The task is inferred (no images -> text; images in user turns ->
@@ -32,7 +32,7 @@ class Record:
     images: list[Path] = field(default_factory=list)
     system: str | None = None             # None: the default system prompt; "": none
     source: str = ""
-    line: int = 0
+    line: int | str = 0                   # a JSONL line (from 1), or "row N" of a `datasets` source (dataset[N])
 
     @property
     def caption(self) -> str:
@@ -77,6 +77,11 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def parse_line(text: str, path: Path, line: int) -> Record:
+    return parse_record(decode_line(text, path, line), path, line)
+
+
+def decode_line(text: str, path: Path, line: int):
+    """The JSON value on one line, or a `BadRecord` naming the line (and column) that is not JSON."""
     _require_utf8(text, path, line)
     try:
         # Without its line break, so a line cut short is reported where it ends (`column 21`), not
@@ -88,7 +93,7 @@ def parse_line(text: str, path: Path, line: int) -> Record:
         raise BadRecord(path, line, None, "malformed JSON (nested too deeply)") from None
     except ValueError as err:  # e.g. an integer over Python's 4300-digit conversion limit
         raise BadRecord(path, line, None, f"malformed JSON ({brief(str(err))})") from None
-    return parse_record(obj, path, line)
+    return obj
 
 
 def _require_utf8(text: str, path: Path, line: int) -> None:
@@ -101,7 +106,7 @@ def _require_utf8(text: str, path: Path, line: int) -> None:
                         f"not valid UTF-8{byte} at column {found.start() + 1}; save the file as UTF-8")
 
 
-def parse_record(obj, path: Path, line: int) -> Record:
+def parse_record(obj, path: Path, line: int | str) -> Record:
     """Validate one decoded JSON value and turn it into a `Record`."""
     def bad(fld, problem):
         return BadRecord(path, line, fld, problem)

@@ -51,7 +51,8 @@ def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, comp
     model = load_base(recipe.model.path, recipe.model.dtype)
     processor = load_processor(recipe.model.path, adapter)
     fmt = resolve_format(processor, recipe.model.format)
-    datasets = {task: ds for task, ds in build_datasets(read_sources(sources), model, processor, recipe, fmt).items()
+    records = read_sources(sources, recipe.train.seed)
+    datasets = {task: ds for task, ds in build_datasets(records, model, processor, recipe, fmt).items()
                 if len(ds)}
     labels = (["base"] if compare_base or not adapter else []) + (["adapter"] if adapter else [])
     results, grids, predictions = {}, {}, {}

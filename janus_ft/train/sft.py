@@ -92,7 +92,7 @@ class SftResult:
 def read_data(recipe: Recipe) -> tuple[list, list]:
     """(train, val) records, every record and every image validated; a task with a ratio and no
     records is an error."""
-    train_records, val_records = read_sources(recipe.data.train), read_sources(recipe.data.val)
+    train_records, val_records = (read_sources(s, recipe.train.seed) for s in (recipe.data.train, recipe.data.val))
     require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
     bad_images = check_images(train_records + val_records)   # decoded once each, as training will
     if bad_images:
@@ -171,7 +171,7 @@ def run_sft(recipe: Recipe) -> SftResult:
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
         data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
-        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix), stopper := SignalCheckpoint()],
+        callbacks=[MixtureCallback(mixture, global_batch, mixture.ratios), stopper := SignalCheckpoint()],
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
                             t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
         nan_policy=t.nan_policy)
