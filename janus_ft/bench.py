@@ -254,6 +254,8 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
     if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
         model.to(device)
     model.train()
+    if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     loader = torch.utils.data.DataLoader(
         mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
         num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda")
@@ -274,7 +276,7 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
             with timer.part("forward"):   # the move to the device included, as in the trainer
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast():
-                    loss = compute_loss_parts(model, batch).total / max(n_items, 1)
+                    loss = compute_loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
             with timer.part("backward"):
                 loss.backward()
             timer.loss += loss.item()

@@ -45,9 +45,15 @@ def target_masks(batch: dict, image_token_id: int) -> tuple[torch.Tensor, torch.
     return supervised & ~gen, gen
 
 
-def input_embeddings(core, batch: dict, gen_mask: torch.Tensor) -> torch.Tensor:
+def input_embeddings(core, batch: dict, gen_mask: torch.Tensor, input_grad: bool = True) -> torch.Tensor:
     ids = batch["input_ids"]
     embeds = core.get_input_embeddings()(ids)
+    if embeds.requires_grad and embeds.is_leaf and not (input_grad and trains(core.model.language_model)):
+        # A frozen table's output requires grad only through `enable_input_require_grads`' hook (see
+        # `image_features`). Only reentrant checkpointing of a training LLM needs that: its layers
+        # return no gradient unless an input requires one. Otherwise it just adds the first layer's
+        # input gradient to every backward. Image features keep the gradient they carry.
+        embeds = embeds.detach()
     # Both image paths run on every batch, on zero images when it has none of their task: DeepSpeed
     # ZeRO reduces gradients in the order backward produces them, so every rank must run the same
     # modules in the same order whatever tasks its shard of the step holds.
@@ -55,7 +61,7 @@ def input_embeddings(core, batch: dict, gen_mask: torch.Tensor) -> torch.Tensor:
     if blank:   # the vision tower cannot take zero images: one blank image, its features dropped
         vc = core.config.vision_config
         pixels = embeds.new_zeros(1, vc.num_channels, vc.image_size, vc.image_size)
-    features = core.model.get_image_features(pixels.to(embeds.dtype)).pooler_output
+    features = image_features(core, pixels.to(embeds.dtype))
     features = features[:0] if blank else features
     features = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
     und_mask = (ids == core.config.image_token_id) & ~gen_mask
@@ -66,7 +72,31 @@ def input_embeddings(core, batch: dict, gen_mask: torch.Tensor) -> torch.Tensor:
     return embeds.masked_scatter(gen_mask[..., None], gen)
 
 
-def compute_loss_parts(model, batch: dict) -> LossParts:
+def trains(module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def image_features(core, pixels: torch.Tensor) -> torch.Tensor:
+    """`get_image_features` (SigLIP, then the aligner), with autograd through SigLIP only where it
+    has trainable weights.
+
+    Gradient checkpointing makes transformers call `enable_input_require_grads`, which hooks the
+    input embeddings of every sub-model -- SigLIP's patch embeddings included -- so their output
+    requires grad. A frozen tower would then be recorded, recomputed by its checkpointed layers
+    and differentiated in every backward, only to end at weights that do not train (and without
+    checkpointing nothing needs its graph either). A trainable aligner still gets its gradient:
+    it runs outside, on features that simply carry none.
+    """
+    vision = core.model.vision_model
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trains(vision)):
+        hidden = vision(pixels, return_dict=True).last_hidden_state
+    return core.model.aligner(hidden)
+
+
+def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts:
+    """Token losses of a batch. `input_grad=False` drops the gradient that transformers' gradient
+    checkpointing asks for on the LLM's input embeddings, which only reentrant checkpointing needs
+    (`JanusTrainer` passes what its arguments say)."""
     core = core_model(model)
     text_mask, gen_mask = target_masks(batch, core.config.image_token_id)
     # Position t predicts t+1: shift the target masks left by one.
@@ -77,7 +107,7 @@ def compute_loss_parts(model, batch: dict) -> LossParts:
     # module): FSDP has gathered the weights only there, and DDP's search for unused parameters
     # only sees what the forward produced.
     def embed(module, args, kwargs):
-        return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, gen_mask)}
+        return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, gen_mask, input_grad)}
 
     def generation_logits(module, args, kwargs, output):
         return output, module.model.generation_head(output.hidden_states[-1][:, :-1][gen_pred])

@@ -34,7 +34,7 @@ class JanusTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        parts = compute_loss_parts(model, inputs)
+        parts = compute_loss_parts(model, inputs, input_grad=self._reentrant_checkpointing())
         mode = "train" if model.training else "eval"
         # Judged on the sums over all ranks: a NaN on one rank is then seen by every rank, which all
         # stop or all skip together (one rank skipping alone would leave the others in a collective).
@@ -51,6 +51,13 @@ class JanusTrainer(SFTTrainer):
         else:
             loss = parts.total / max(parts.n_tokens, 1)
         return (loss, None) if return_outputs else loss
+
+    def _reentrant_checkpointing(self) -> bool:
+        """Read at every step: TRL switches PEFT + ZeRO-3 runs to reentrant checkpointing by editing
+        these arguments after janus_ft built them (unset, torch's default is reentrant)."""
+        args = self.args
+        return bool(args.activation_checkpointing) and (args.activation_checkpointing_kwargs or {}).get(
+            "use_reentrant", True)
 
     def floating_point_ops(self, inputs) -> int:
         """transformers' estimate for `total_flos` (6 x tokens x non-embedding parameters), with the
