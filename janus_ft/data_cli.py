@@ -2,7 +2,8 @@
 
 `check` validates every record (JSON, fields, image files, lengths) and prints counts per task;
 any bad record -> exit 2 with file:line and field. `preview` renders records in the Janus format
-with the supervised spans marked, or as JSON (`task`, `text`, `input_ids`, `labels`).
+with the supervised spans marked, or as JSON (`task`, `text`, `input_ids`, `labels`); with
+`--recipe`, exactly as that recipe trains on them (its system prompt, turns, length limit).
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ def configure(parser) -> None:
     check.add_argument("--model", help="checkpoint whose tokenizer measures lengths (default: the recipe's)")
     check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens")
     preview = sub.add_parser("preview", help="show rendered records and supervised tokens")
-    preview.add_argument("file", help="a JSONL file")
-    preview.add_argument("--model", default="tiny", help="checkpoint whose tokenizer/processor to use")
+    preview.add_argument("file", nargs="?", help="a JSONL file (default with --recipe: the recipe's data.train)")
+    preview.add_argument("--recipe", help="render as this recipe trains: its model, format, data.system_prompt, "
+                                          "data.last_turn_only and data.max_length")
+    preview.add_argument("--system-prompt", default=None,
+                         help="system prompt for records without one ('' for none; default: the recipe's, else "
+                              "Janus's own)")
+    preview.add_argument("--model", default=None,
+                         help="checkpoint whose tokenizer/processor to use (default: the recipe's, else tiny)")
     preview.add_argument("--format", choices=["janus-pro", "janus"], default=None,
-                         help="conversation format (default: from the checkpoint)")
+                         help="conversation format (default: the recipe's, else from the checkpoint)")
     preview.add_argument("--json", action="store_true", help="one JSON object per record")
     preview.add_argument("--limit", type=int, default=None, help="show at most N records")
     preview.add_argument("--no-color", action="store_true", help="mark supervised spans without colour")
@@ -114,22 +121,47 @@ def _report_cache(records, model_path: str, cache_dir) -> None:
 
 
 def preview(args) -> int:
-    processor = _processor(args.model)
-    fmt = args.format or detect_format(processor)
-    records = load_records([args.file])[: args.limit]
-    ds = JanusDataset(records, processor, fmt, max_length=10**9)
+    view = preview_settings(args)
+    processor = _processor(view["model"])
+    fmt = view["format"] or detect_format(processor)
+    records = [r for path, n in view["sources"] for r in load_records([path])[:n]][: args.limit]
+    ds = JanusDataset(records, processor, fmt, view["max_length"], view["system_prompt"], view["last_turn_only"])
     tok = processor.tokenizer
     for ex in ds.examples:
+        text = render_text(render(ex.record, fmt, view["system_prompt"], view["last_turn_only"]))
         if args.json:
-            print(json.dumps({"task": ex.record.task, "line": ex.record.line,
-                              "text": render_text(render(ex.record, fmt)),
+            print(json.dumps({"task": ex.record.task, "line": ex.record.line, "text": text,
                               "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
         else:
             marks = ("[[", "]]") if args.no_color or not sys.stdout.isatty() else (OPEN, CLOSE)
             print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}, {len(ex.input_ids)} tokens, "
                   f"{sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
             print(marked_text(tok, ex.input_ids, ex.labels, ds.special, marks))
+    for record in ds.dropped:   # training drops them too: never shown as if they trained
+        print(f"--- {record.source}:{record.line} ({record.task}) dropped: longer than data.max_length="
+              f"{view['max_length']} tokens", file=sys.stderr)
     return 0
+
+
+def preview_settings(args) -> dict:
+    """What `preview` renders with: the command line first, then the recipe, then the defaults
+    `janus-ft sft` would use, so the preview shows what that recipe trains on (system prompt
+    included), not a default rendering of the same records."""
+    view = {"sources": [(args.file, None)] if args.file else [], "model": "tiny", "format": None,
+            "system_prompt": None, "last_turn_only": False, "max_length": 10**9}
+    if args.recipe:
+        from .recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        d = recipe.data
+        view.update(sources=view["sources"] or [(s.path, s.max_samples) for s in d.train], model=recipe.model.path,
+                    format=None if recipe.model.format == "auto" else recipe.model.format,
+                    system_prompt=d.system_prompt, last_turn_only=d.last_turn_only, max_length=d.max_length)
+    if not view["sources"]:
+        raise UserError("data preview: give a JSONL file or --recipe")
+    overrides = {"model": args.model, "format": args.format, "system_prompt": args.system_prompt}
+    view.update({k: v for k, v in overrides.items() if v is not None})
+    return view
 
 
 def marked_text(tok, ids, labels, special, marks=("[[", "]]")) -> str:
