@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import SignalCheckpoint, check_output_dir, clear_staging
+from .checkpoint import SaveEverySteps, SignalCheckpoint, check_output_dir, clear_staging
 from .conversation import detect_format
 from .dataset import JanusDataset, load_records, require_tasks
 from .distributed import distributed_fields, distributed_state, has_accelerator, vq_on_accelerator, world_size
@@ -197,7 +197,8 @@ def run_sft(recipe: Recipe) -> SftResult:
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
         data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
-        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix), stopper := SignalCheckpoint()],
+        callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix), SaveEverySteps(t.save_last),
+                   stopper := SignalCheckpoint()],
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
                             t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
         nan_policy=t.nan_policy)

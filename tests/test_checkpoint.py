@@ -214,3 +214,30 @@ def test_check_output_dir_cases(tmp_path):
         check_output_dir(tmp_path / "file", resume=False, overwrite=False)
     with pytest.raises(RecipeError, match="cannot write there"):
         check_output_dir(tmp_path / "file" / "sub", resume=False, overwrite=False)
+
+
+@pytest.mark.parametrize("save_steps,keep_last,signal_at,saved", [
+    (3, False, None, [3, 6]),          # exactly every save_steps: no surprise checkpoint-7
+    (3, True, None, [3, 6, 7]),        # train.save_last: the last step too
+    (100, False, None, []),            # save_steps beyond max_steps: none (the final adapter is written anyway)
+    (100, False, 7, [7]),              # a signal at the last step still saves
+])
+def test_checkpoints_follow_save_steps(tmp_path, save_steps, keep_last, signal_at, saved):
+    """The Trainer's own flow callback, then janus_ft's, in the order sft registers them."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    from janus_ft.checkpoint import SaveEverySteps, SignalCheckpoint
+
+    args = TrainingArguments(output_dir=str(tmp_path), save_steps=save_steps, report_to="none")
+    state, stopper = TrainerState(max_steps=7, save_steps=save_steps), SignalCheckpoint()
+    callbacks = [DefaultFlowCallback(), SaveEverySteps(keep_last), stopper]
+    written = []
+    for step in range(1, 8):
+        state.global_step, control = step, TrainerControl()
+        stopper.received = signal.SIGTERM if step == signal_at else None
+        for callback in callbacks:
+            control = callback.on_step_end(args, state, control) or control
+        if control.should_save:
+            written.append(step)
+    assert written == saved
