@@ -174,7 +174,8 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
         model = apply_lora(model, recipe.lora)
         n_steps = recipe.train.max_steps = warmup + steps
         mixture, _, _ = training_schedule(recipe, setup.train_sets)
-        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing)
+        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                                 image_token_id=model.config.image_token_id)
         args = sft_config(recipe, n_steps, has_eval=False)
         timer = StepTimer(FlopModel.of(model), args.device)
         reencode = Reencoder(model, setup.train_sets) if name == "reencode" else None
@@ -246,6 +247,7 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
 
 def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
     """The same training with nothing but PyTorch: what the framework is measured against."""
+    from accelerate.utils import send_to_device
     from transformers import get_scheduler
 
     from .loss import compute_loss_parts, core_model
@@ -274,7 +276,7 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
         for batch in micro:
             timer.count(batch)
             with timer.part("forward"):   # the move to the device included, as in the trainer
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                batch = send_to_device(batch, device, non_blocking=True)
                 with autocast():
                     loss = compute_loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
             with timer.part("backward"):

@@ -196,7 +196,8 @@ def run_sft(recipe: Recipe) -> SftResult:
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
-        data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
+        data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                                    image_token_id=model.config.image_token_id),
         callbacks=[MixtureCallback(mixture, global_batch, recipe.data.mix), SaveEverySteps(t.save_last),
                    stopper := SignalCheckpoint()],
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,

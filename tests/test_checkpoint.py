@@ -135,12 +135,12 @@ def _poison(monkeypatch, task: str, call: int):
     task = TASK_IDS[task]
     real, calls = trainer_module.compute_loss_parts, []
 
-    def poisoned(model, inputs):
-        parts = real(model, inputs)
+    def poisoned(model, inputs, **kwargs):
+        parts = real(model, inputs, **kwargs)
         if model.training:
             calls.append(1)
             if len(calls) == call and task in parts.per_task:
-                parts.per_task[task] = (float("nan"), parts.per_task[task][1])
+                parts.task_sums[task, 0] = float("nan")
                 parts.total = parts.total * float("nan")
         return parts
 
