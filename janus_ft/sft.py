@@ -92,6 +92,9 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         # mixture schedule (its order is what keeps the ratio inside each optimizer step).
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
         train_sampling_strategy="sequential", prediction_loss_only=True,
+        # The NaN guard (JanusTrainer) stops or skips before a non-finite loss is logged; the
+        # Trainer's own filter would read the loss back from the device after every micro-batch.
+        logging_nan_inf_filter=False,
         # transformers 5 calls it activation checkpointing. Non-reentrant (transformers' default, made
         # explicit): DDP must find unused parameters (a micro-batch without images leaves the SigLIP
         # LoRA without gradient), which reentrant checkpointing does not allow; and TRL's switch to
