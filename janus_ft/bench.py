@@ -71,7 +71,7 @@ def run(args) -> int:
     variants = [args.variant] if args.variant else variant_names(args.compare)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(recipe)
-    from .throughput import peak_matmul_flops
+    from .throughput import peak_matmul_flops, speed_vs
     peak = args.peak_flops or peak_matmul_flops(device, dtype)
     order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
     if len(variants) > 1 and not args.in_process:
@@ -82,6 +82,8 @@ def run(args) -> int:
     if not args.peak_flops:   # a busy machine lowers one reading: keep the better of before and after
         peak = max(peak, peak_matmul_flops(device, dtype))
     results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
+    for result in results:
+        result["speed_vs_baseline_median"] = speed_vs(results[0], result)
     report = {"command": command_line(args), "machine": machine(device), "recipe": args.recipe, "overrides": args.overrides,
               "model": {"path": recipe.model.path, "dtype": recipe.model.dtype,
                         "quantization": recipe.model.quantization, "random_model": args.random_model},
@@ -333,7 +335,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=len(runs))
+    return dict(result, rounds=len(runs), round_step_times=[r["step_time_s"] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
@@ -385,13 +387,15 @@ def format_table(report: dict) -> str:
             ("real-token fraction", lambda v: f"{v['real_token_fraction']:.3f}"),
             ("step time (s)", lambda v: f"{v['step_time_s']:.4g}")]
     rows += [(f"  {p}", lambda v, p=p: f"{v['breakdown_s'][p]:.4g}") for p in (*STAGES, "other")]
-    rows += [("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
+    rows += [("median step time (s)", lambda v: f"{v['median_step_time_s']:.4g}"),
+             ("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
              ("  held at start (GiB)", lambda v: f"{v['memory_at_start_bytes'] / 2 ** 30:.2f}"),
              ("model TFLOP/s", lambda v: f"{v['model_flops_per_s'] / 1e12:.3g}"),
              ("MFU (%)", lambda v: f"{100 * v['mfu']:.2f}"),
              ("loss, first measured step", lambda v: f"{v['losses'][0]:.5g}")]
     if len(variants) > 1:
         rows += [(f"speed vs {base['name']}", lambda v: f"{v['samples_per_s'] / base['samples_per_s']:.3f}x"),
+                 ("  median of rounds", lambda v: f"{v['speed_vs_baseline_median']:.3f}x"),
                  (f"memory vs {base['name']}", lambda v: f"{v['peak_memory_bytes'] / base['peak_memory_bytes']:.3f}x")]
     width = max(12, *(len(v["name"]) + 2 for v in variants))
     m = report["machine"]

@@ -25,6 +25,7 @@ work, as in the PaLM paper's MFU.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,7 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
     breakdown["other"] = max(seconds / len(steps) - sum(breakdown.values()), 0.0)
     return {
         "name": name, "measured_steps": len(steps), "step_time_s": seconds / len(steps),
+        "median_step_time_s": statistics.median(s["time"] for s in steps),
         "breakdown_s": breakdown, "samples_per_s": total["samples"] / seconds,
         "supervised_tokens_per_s": total["supervised_tokens"] / seconds,
         "real_tokens_per_s": total["real_tokens"] / seconds,
@@ -198,6 +200,17 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
         "model_flops_per_step": total["flops"] / len(steps), "model_flops_per_s": total["flops"] / seconds,
         "mfu": total["flops"] / seconds / peak, "losses": [s["loss"] for s in steps], "totals": total,
         "per_step": steps}
+
+
+def speed_vs(base: dict, variant: dict) -> float:
+    """The variant's speed over the baseline's, the median over rounds of (baseline step time /
+    variant step time) within each round: variants of one round ran back to back, on the same
+    batches, so a machine that gets busier or quieter between rounds moves both.
+
+    >>> speed_vs({"round_step_times": [1.0, 2.0, 1.0]}, {"round_step_times": [2.0, 1.0, 1.25]})
+    0.8
+    """
+    return statistics.median(b / v for b, v in zip(base["round_step_times"], variant["round_step_times"]))
 
 
 class PeakMemory:
