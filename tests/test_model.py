@@ -192,6 +192,23 @@ def test_checkpointing_runs_no_kernel_of_a_frozen_vision_tower(tiny_dir, tiny_pr
     assert_same_gradients(checkpointed, plain, model)
 
 
+def test_checkpointing_runs_no_kernel_of_a_frozen_llm_under_a_training_head(tiny_dir, tiny_processor, tmp_path):
+    """Only the generation head trains (nothing at or below the LLM): with checkpointing on, the
+    LLM is neither recomputed nor differentiated -- the input hook's gradient is dropped -- and the
+    head's gradients equal the run without checkpointing."""
+    model, batch = random_lora(tiny_dir, ["gen_head"]), mixed_batch(tiny_processor)
+    llm = core_model(model).model.language_model
+    watched = [llm.layers[0].mlp, llm.layers[-1].mlp, llm.embed_tokens]
+
+    plain, plain_calls = step_gradients(model, batch, watched)
+    checkpoint_like_the_trainer(model, [], tmp_path, reentrant=True)   # even where inputs would need a gradient
+    checkpointed, gc_calls = step_gradients(model, batch, watched, input_grad=True)
+
+    assert gc_calls == plain_calls == [(1, 0, 0)] * 3
+    assert all(".generation_head." in n for n in plain)
+    assert_same_gradients(checkpointed, plain, model)
+
+
 def test_frozen_paths_build_no_graph(tiny_dir, tiny_processor):
     """Without checkpointing as well: a frozen SigLIP, generation embedding table or generation
     aligner produces outputs that carry no autograd graph; a trained one does."""
