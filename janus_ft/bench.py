@@ -335,7 +335,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=len(runs), round_step_times=[r["step_time_s"] for r in runs])
+    return dict(result, rounds=len(runs), round_step_times=[r["median_step_time_s"] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------

@@ -203,9 +203,10 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
 
 
 def speed_vs(base: dict, variant: dict) -> float:
-    """The variant's speed over the baseline's, the median over rounds of (baseline step time /
-    variant step time) within each round: variants of one round ran back to back, on the same
-    batches, so a machine that gets busier or quieter between rounds moves both.
+    """The variant's speed over the baseline's: the median over rounds of (baseline step time /
+    variant step time), each the median step of its round. Variants of one round ran back to back
+    on the same batches, so a machine that gets busier or quieter between rounds moves both, and
+    medians drop the steps another process on a shared machine happened to slow down.
 
     >>> speed_vs({"round_step_times": [1.0, 2.0, 1.0]}, {"round_step_times": [2.0, 1.0, 1.25]})
     0.8
