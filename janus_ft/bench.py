@@ -335,7 +335,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=len(runs), round_step_times=[r["median_step_time_s"] for r in runs])
+    return dict(result, rounds=len(runs), round_step_times=[[s["time"] for s in r["per_step"]] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
@@ -395,7 +395,7 @@ def format_table(report: dict) -> str:
              ("loss, first measured step", lambda v: f"{v['losses'][0]:.5g}")]
     if len(variants) > 1:
         rows += [(f"speed vs {base['name']}", lambda v: f"{v['samples_per_s'] / base['samples_per_s']:.3f}x"),
-                 ("  median of rounds", lambda v: f"{v['speed_vs_baseline_median']:.3f}x"),
+                 ("  median of paired steps", lambda v: f"{v['speed_vs_baseline_median']:.3f}x"),
                  (f"memory vs {base['name']}", lambda v: f"{v['peak_memory_bytes'] / base['peak_memory_bytes']:.3f}x")]
     width = max(12, *(len(v["name"]) + 2 for v in variants))
     m = report["machine"]

@@ -203,15 +203,17 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
 
 
 def speed_vs(base: dict, variant: dict) -> float:
-    """The variant's speed over the baseline's: the median over rounds of (baseline step time /
-    variant step time), each the median step of its round. Variants of one round ran back to back
-    on the same batches, so a machine that gets busier or quieter between rounds moves both, and
-    medians drop the steps another process on a shared machine happened to slow down.
+    """The variant's speed over the baseline's: the median, over every measured step of every
+    round, of (baseline step time / variant step time) for the same step of the same round. Both
+    trained on the very same batches there, back to back, so each ratio compares equal work, and a
+    machine that gets busier between rounds, or another process slowing one step, moves a few
+    ratios and not the median.
 
-    >>> speed_vs({"round_step_times": [1.0, 2.0, 1.0]}, {"round_step_times": [2.0, 1.0, 1.25]})
-    0.8
+    >>> speed_vs({"round_step_times": [[1.0, 2.0], [1.0, 4.0]]}, {"round_step_times": [[2.0, 2.0], [1.25, 1.0]]})
+    0.9
     """
-    return statistics.median(b / v for b, v in zip(base["round_step_times"], variant["round_step_times"]))
+    return statistics.median(b / v for base_round, round_ in zip(base["round_step_times"], variant["round_step_times"])
+                             for b, v in zip(base_round, round_))
 
 
 class PeakMemory:
