@@ -83,7 +83,8 @@ def run(args) -> int:
         peak = max(peak, peak_matmul_flops(device, dtype))
     results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
     for result in results:
-        result["speed_vs_baseline_median"] = speed_vs(results[0], result)
+        result.update(speed_vs_baseline_median=speed_vs(results[0], result),
+                      cpu_speed_vs_baseline_median=speed_vs(results[0], result, "cpu"))
     report = {"command": command_line(args), "machine": machine(device), "recipe": args.recipe, "overrides": args.overrides,
               "model": {"path": recipe.model.path, "dtype": recipe.model.dtype,
                         "quantization": recipe.model.quantization, "random_model": args.random_model},
@@ -335,7 +336,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=len(runs), round_step_times=[[s["time"] for s in r["per_step"]] for r in runs])
+    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu")} for s in r["per_step"]] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
@@ -388,6 +389,7 @@ def format_table(report: dict) -> str:
             ("step time (s)", lambda v: f"{v['step_time_s']:.4g}")]
     rows += [(f"  {p}", lambda v, p=p: f"{v['breakdown_s'][p]:.4g}") for p in (*STAGES, "other")]
     rows += [("median step time (s)", lambda v: f"{v['median_step_time_s']:.4g}"),
+             ("  CPU time, median (s)", lambda v: f"{v['median_cpu_time_s']:.4g}"),
              ("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
              ("  held at start (GiB)", lambda v: f"{v['memory_at_start_bytes'] / 2 ** 30:.2f}"),
              ("model TFLOP/s", lambda v: f"{v['model_flops_per_s'] / 1e12:.3g}"),
@@ -396,6 +398,7 @@ def format_table(report: dict) -> str:
     if len(variants) > 1:
         rows += [(f"speed vs {base['name']}", lambda v: f"{v['samples_per_s'] / base['samples_per_s']:.3f}x"),
                  ("  median of paired steps", lambda v: f"{v['speed_vs_baseline_median']:.3f}x"),
+                 ("  CPU time, paired steps", lambda v: f"{v['cpu_speed_vs_baseline_median']:.3f}x"),
                  (f"memory vs {base['name']}", lambda v: f"{v['peak_memory_bytes'] / base['peak_memory_bytes']:.3f}x")]
     width = max(12, *(len(v["name"]) + 2 for v in variants))
     m = report["machine"]

@@ -142,7 +142,8 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | None
 
 
 class StepTimer:
-    """Wall time per optimizer step, split into named parts, plus what each step's batches held."""
+    """Wall time per optimizer step, split into named parts, plus what each step's batches held and
+    the process's CPU time (the step's work, nearly blind to other processes sharing the cores)."""
 
     def __init__(self, flop_model, device):
         self.flop_model, self.cuda = flop_model, torch.device(device).type == "cuda"
@@ -157,6 +158,7 @@ class StepTimer:
     def restart(self, start: float | None = None) -> None:
         """Open a new step; its clock starts now (or at `start`)."""
         self.start = self.now() if start is None else start
+        self.cpu_start = time.process_time()
         self.parts, self.stats, self.loss = dict.fromkeys(STAGES, 0.0), {}, 0.0
         self.last_backward_end = self.moved_at = self.start
 
@@ -179,7 +181,8 @@ class StepTimer:
 
     def end_step(self) -> None:
         end = self.now()
-        self.steps.append({"time": end - self.start, "parts": self.parts, "stats": self.stats, "loss": self.loss})
+        self.steps.append({"time": end - self.start, "cpu": time.process_time() - self.cpu_start, "parts": self.parts,
+                           "stats": self.stats, "loss": self.loss})
         self.restart(end)
 
 
@@ -192,6 +195,7 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
     return {
         "name": name, "measured_steps": len(steps), "step_time_s": seconds / len(steps),
         "median_step_time_s": statistics.median(s["time"] for s in steps),
+        "median_cpu_time_s": statistics.median(s["cpu"] for s in steps),
         "breakdown_s": breakdown, "samples_per_s": total["samples"] / seconds,
         "supervised_tokens_per_s": total["supervised_tokens"] / seconds,
         "real_tokens_per_s": total["real_tokens"] / seconds,
@@ -202,17 +206,20 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
         "per_step": steps}
 
 
-def speed_vs(base: dict, variant: dict) -> float:
+def speed_vs(base: dict, variant: dict, key: str = "time") -> float:
     """The variant's speed over the baseline's: the median, over every measured step of every
     round, of (baseline step time / variant step time) for the same step of the same round. Both
     trained on the very same batches there, back to back, so each ratio compares equal work, and a
     machine that gets busier between rounds, or another process slowing one step, moves a few
     ratios and not the median.
 
-    >>> speed_vs({"round_step_times": [[1.0, 2.0], [1.0, 4.0]]}, {"round_step_times": [[2.0, 2.0], [1.25, 1.0]]})
+    `key`: "time" (wall) or "cpu" (the process's CPU time).
+
+    >>> speed_vs({"rounds": [[{"time": 1.0}, {"time": 2.0}], [{"time": 1.0}, {"time": 4.0}]]},
+    ...          {"rounds": [[{"time": 2.0}, {"time": 2.0}], [{"time": 1.25}, {"time": 1.0}]]})
     0.9
     """
-    return statistics.median(b / v for base_round, round_ in zip(base["round_step_times"], variant["round_step_times"])
+    return statistics.median(b[key] / v[key] for base_round, round_ in zip(base["rounds"], variant["rounds"])
                              for b, v in zip(base_round, round_))
 
 
