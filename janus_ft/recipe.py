@@ -102,6 +102,8 @@ class TrainArgs:
     logging_steps: int = _f(1, "log every N optimizer steps")
     save_steps: int = _f(500, "checkpoint every N optimizer steps")
     save_total_limit: int | None = _f(None, "keep at most N checkpoints")
+    save_last: bool = _f(False, "also checkpoint the last step when save_steps does not divide it (the final "
+                                "adapter is always written)")
     eval_steps: int | None = _f(None, "evaluate on data.val every N steps (None: only at the end)")
     eval_on_start: bool = _f(False, "with eval_steps, also evaluate before step 1: curves and grids start at the base model")
     eval_answers: int = _f(8, "understanding/text val records answered at each evaluation (exact match, CER); 0: loss only")

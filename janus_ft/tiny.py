@@ -107,11 +107,16 @@ def tiny_config(tokenizer):
 
 # Real language-model sizes of Janus-Pro (DeepSeek-LLM 1.3B / 7B, vocab 102400; docs/janus.md).
 # transformers' default JanusVisionConfig and JanusVQVAEConfig are the real SigLIP-L/16 @ 384 tower
-# (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384).
+# (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384). `mid` is a benchmark
+# model whose step is short enough on a CPU for the framework's own milliseconds to show: a
+# 512 x 4 LLM with the real vocabulary and heads, and one real-width SigLIP-L block at 384 px
+# (still 576 image tokens), so both image paths cost what they cost in Janus per token.
 SIZE_PRESETS = {
+    "mid": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8},
     "janus-pro-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16},
     "janus-pro-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30, "num_attention_heads": 32},
 }
+VISION_LAYERS = {"mid": 1}   # SigLIP-L blocks where a preset has fewer than the real 24
 
 
 def sized_config(tokenizer, preset: str):
@@ -130,7 +135,8 @@ def sized_config(tokenizer, preset: str):
         vocab_size=102400, num_key_value_heads=sizes["num_attention_heads"], max_position_embeddings=16384,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, **sizes)
-    return JanusConfig(text_config=text, vision_config=JanusVisionConfig(projection_dim=hidden),
+    vision = JanusVisionConfig(projection_dim=hidden, num_hidden_layers=VISION_LAYERS.get(preset, 24))
+    return JanusConfig(text_config=text, vision_config=vision,
                        vq_config=JanusVQVAEConfig(projection_dim=hidden, image_token_embed_dim=hidden),
                        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), tie_word_embeddings=False)
 

@@ -135,12 +135,12 @@ def _poison(monkeypatch, task: str, call: int):
     task = TASK_IDS[task]
     real, calls = trainer_module.compute_loss_parts, []
 
-    def poisoned(model, inputs):
-        parts = real(model, inputs)
+    def poisoned(model, inputs, **kwargs):
+        parts = real(model, inputs, **kwargs)
         if model.training:
             calls.append(1)
             if len(calls) == call and task in parts.per_task:
-                parts.per_task[task] = (float("nan"), parts.per_task[task][1])
+                parts.task_sums[task, 0] = float("nan")
                 parts.total = parts.total * float("nan")
         return parts
 
@@ -229,3 +229,30 @@ def test_overwrite_that_cannot_delete_is_a_recipe_error(tmp_path, monkeypatch):
     refused = r"cannot empty it for train.overwrite_output_dir \(Permission denied: .*checkpoint-2\)"
     with pytest.raises(RecipeError, match=refused):
         check_output_dir(out, resume=False, overwrite=True)
+
+
+@pytest.mark.parametrize("save_steps,keep_last,signal_at,saved", [
+    (3, False, None, [3, 6]),          # exactly every save_steps: no surprise checkpoint-7
+    (3, True, None, [3, 6, 7]),        # train.save_last: the last step too
+    (100, False, None, []),            # save_steps beyond max_steps: none (the final adapter is written anyway)
+    (100, False, 7, [7]),              # a signal at the last step still saves
+])
+def test_checkpoints_follow_save_steps(tmp_path, save_steps, keep_last, signal_at, saved):
+    """The Trainer's own flow callback, then janus_ft's, in the order sft registers them."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    from janus_ft.train.checkpoint import SaveEverySteps, SignalCheckpoint
+
+    args = TrainingArguments(output_dir=str(tmp_path), save_steps=save_steps, report_to="none")
+    state, stopper = TrainerState(max_steps=7, save_steps=save_steps), SignalCheckpoint()
+    callbacks = [DefaultFlowCallback(), SaveEverySteps(keep_last), stopper]
+    written = []
+    for step in range(1, 8):
+        state.global_step, control = step, TrainerControl()
+        stopper.received = signal.SIGTERM if step == signal_at else None
+        for callback in callbacks:
+            control = callback.on_step_end(args, state, control) or control
+        if control.should_save:
+            written.append(step)
+    assert written == saved

@@ -95,3 +95,47 @@ def test_malformed_json_names_the_column(tmp_path, capsys, text, column):
     assert main(["data", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl:2: malformed JSON (" in err and f"at column {column})" in err, err
+
+
+def test_preview_with_recipe_shows_what_it_trains_on(tmp_path, capsys, caplog, tiny_dir, tiny_processor):
+    """`--recipe`: the recipe's system prompt, last-turn-only supervision and length limit, token for
+    token what `janus-ft sft` builds from the same records; `--system-prompt` overrides the prompt."""
+    import logging
+
+    import yaml
+
+    from janus_ft.data.dataset import build_datasets, read_sources
+    from janus_ft.recipe import load_recipe
+
+    data = write_jsonl(tmp_path / "t.jsonl", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]},
+        {"query": "Who?", "response": "Me", "system": "Own prompt."},
+        {"query": "long " * 300, "response": "x"},
+    ])
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_dir)}, "data": {"train": [{"path": str(data)}], "mix": {"text": 1},
+                                                   "system_prompt": "Answer briefly.", "last_turn_only": True,
+                                                   "max_length": 128}}))
+    assert main(["data", "preview", "--recipe", str(recipe_path), "--json"]) == 0
+    out = capsys.readouterr()
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert [r["text"] for r in rows] == [
+        "Answer briefly.\n\n<|User|>: Hi\n\n<|Assistant|>: Hello<｜end▁of▁sentence｜><|User|>: Bye\n\n"
+        "<|Assistant|>: Ciao<｜end▁of▁sentence｜>",
+        "Own prompt.\n\n<|User|>: Who?\n\n<|Assistant|>: Me<｜end▁of▁sentence｜>"]
+    assert f"{data}:3 (text) dropped: longer than data.max_length=128 tokens" in out.err
+    recipe = load_recipe(recipe_path)
+    with caplog.at_level(logging.WARNING, logger="janus_ft"):
+        trained = build_datasets(read_sources(recipe.data.train), None, tiny_processor, recipe, "janus-pro")["text"]
+    assert "dropped 1 text record(s)" in caplog.text   # sft drops the long one too
+    assert [(r["input_ids"], r["labels"]) for r in rows] == [(e.input_ids, e.labels) for e in trained.examples]
+    tok = tiny_processor.tokenizer
+    assert tok.decode([t for t in rows[0]["labels"] if t != -100]) == " Ciao<｜end▁of▁sentence｜>"   # last turn only
+
+    assert main(["data", "preview", str(data), "--recipe", str(recipe_path), "--system-prompt", "", "--json",
+                 "--limit", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].startswith("<|User|>: Hi\n\n")
+    assert main(["data", "preview", str(data), "--model", str(tiny_dir), "--json", "--limit", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].startswith("You are a helpful language and vision assistant.")

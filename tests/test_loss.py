@@ -1,12 +1,17 @@
-"""The mixed-task forward: per-sample losses independent of batching, padding and packing, and a
-generation loss equal to a hand-written reference that includes the first image token."""
+"""The mixed-task forward: per-sample losses independent of batching, padding and packing, a
+generation loss equal to a hand-written reference that includes the first image token, and a
+loss path that never waits for the device."""
+
+import os
+import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from janus_ft.data.collate import collate, pack
+from janus_ft.data.collate import JanusCollator, collate, pack
 from janus_ft.data.dataset import JanusDataset
 from janus_ft.data.records import parse_record
 from janus_ft.janus import TASK_IDS
@@ -98,3 +103,49 @@ def test_text_loss_equals_transformers_forward(tiny_model, samples, tiny_process
         stock = tiny_model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                            labels=batch["labels"]).loss
     assert float(ours.total) / ours.n_tokens == pytest.approx(float(stock), rel=1e-5)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops a GPU can only run by sending a value back to the host (a count, a scalar,
+    a data-dependent shape), with the innermost caller outside torch."""
+
+    OPS = {"aten::nonzero", "aten::_local_scalar_dense", "aten::masked_select", "aten::_unique2",
+           "aten::unique_dim", "aten::unique_consecutive", "aten::repeat_interleave", "aten::bincount"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name.startswith("aten::index") and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for a in args if isinstance(a, (list, tuple)) for t in a)
+        if name in self.OPS or bool_index:
+            caller = next(f.filename for f in reversed(traceback.extract_stack())
+                          if f"{os.sep}torch{os.sep}" not in f.filename and f.filename != __file__)
+            self.calls.append((name, caller))
+        return func(*args, **(kwargs or {}))
+
+
+def test_loss_with_the_collators_plan_reads_nothing_back_from_the_device(tiny_model, samples, tiny_processor):
+    """The collator locates targets and image slots on the CPU: forward and backward of the loss
+    then call no op that waits for the device (what transformers' own mask code does is its own),
+    and give the same losses as a batch that has to find them itself."""
+    import janus_ft
+
+    collator = JanusCollator(tiny_processor.tokenizer.pad_token_id, image_token_id=tiny_model.config.image_token_id)
+    planned = collator(samples)
+    bare = {k: v for k, v in planned.items() if k != "loss_plan"}
+    tiny_model.train().model.language_model.requires_grad_(True)   # a backward through the LLM
+    ours = os.path.dirname(janus_ft.__file__)
+    reads = {}
+    for name, batch in (("planned", planned), ("bare", bare)):
+        with HostReads() as recorder:
+            parts = compute_loss_parts(tiny_model, batch)
+            parts.total.backward()
+        reads[name] = [op for op, caller in recorder.calls if caller.startswith(ours)]
+        reads[name + " parts"] = (float(parts.total.detach()), parts.n_tokens, parts.per_task)
+    assert reads["planned"] == []
+    assert reads["bare"].count("aten::nonzero") == 3     # the recorder sees them when they happen
+    assert reads["planned parts"][1:] == reads["bare parts"][1:]
+    assert reads["planned parts"][0] == pytest.approx(reads["bare parts"][0], rel=1e-6)

@@ -152,6 +152,7 @@ def test_demo_recipe_end_to_end(tmp_path):
                  "train.report_to=[tensorboard]"]) == 0
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
+    assert not list(out.glob("checkpoint-*"))   # save_steps beyond max_steps: the final adapter only
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = set().union(*log)
     assert {"loss_understanding", "loss_text", "loss_generation", "eval_loss", "eval_loss_generation"} <= keys

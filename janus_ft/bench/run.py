@@ -51,7 +51,7 @@ def benchmark(args) -> dict:
     variants = [args.variant] if args.variant else variant_names(args.compare)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(recipe)
-    from .throughput import peak_matmul_flops
+    from .throughput import peak_matmul_flops, speed_vs
     peak = args.peak_flops or peak_matmul_flops(device, dtype)
     order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
     if len(variants) > 1 and not args.in_process:
@@ -62,6 +62,9 @@ def benchmark(args) -> dict:
     if not args.peak_flops:   # a busy machine lowers one reading: keep the better of before and after
         peak = max(peak, peak_matmul_flops(device, dtype))
     results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
+    for result in results:
+        result.update(speed_vs_baseline_median=speed_vs(results[0], result),
+                      cpu_speed_vs_baseline_median=speed_vs(results[0], result, "cpu"))
     report = {"command": command_line(args), "machine": machine(device), "recipe": args.recipe, "overrides": args.overrides,
               "model": {"path": recipe.model.path, "dtype": recipe.model.dtype,
                         "quantization": recipe.model.quantization, "random_model": args.random_model},
@@ -154,7 +157,8 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
         model = apply_lora(model, recipe.lora)
         n_steps = recipe.train.max_steps = warmup + steps
         mixture, _, _ = training_schedule(recipe, setup.train_sets)
-        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing)
+        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                                 image_token_id=model.config.image_token_id)
         args = sft_config(recipe, n_steps, has_eval=False)
         timer = StepTimer(FlopModel.of(model), args.device)
         reencode = Reencoder(model, setup.train_sets) if name == "reencode" else None
@@ -226,6 +230,7 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
 
 def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
     """The same training with nothing but PyTorch: what the framework is measured against."""
+    from accelerate.utils import send_to_device
     from transformers import get_scheduler
 
     from ..model.loss import compute_loss_parts, core_model
@@ -234,6 +239,8 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
     if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
         model.to(device)
     model.train()
+    if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     loader = torch.utils.data.DataLoader(
         mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
         num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda")
@@ -252,9 +259,9 @@ def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
         for batch in micro:
             timer.count(batch)
             with timer.part("forward"):   # the move to the device included, as in the trainer
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                batch = send_to_device(batch, device, non_blocking=True)
                 with autocast():
-                    loss = compute_loss_parts(model, batch).total / max(n_items, 1)
+                    loss = compute_loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
             with timer.part("backward"):
                 loss.backward()
             timer.loss += loss.item()
@@ -313,7 +320,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=len(runs))
+    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu")} for s in r["per_step"]] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
@@ -365,13 +372,17 @@ def format_table(report: dict) -> str:
             ("real-token fraction", lambda v: f"{v['real_token_fraction']:.3f}"),
             ("step time (s)", lambda v: f"{v['step_time_s']:.4g}")]
     rows += [(f"  {p}", lambda v, p=p: f"{v['breakdown_s'][p]:.4g}") for p in (*STAGES, "other")]
-    rows += [("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
+    rows += [("median step time (s)", lambda v: f"{v['median_step_time_s']:.4g}"),
+             ("  CPU time, median (s)", lambda v: f"{v['median_cpu_time_s']:.4g}"),
+             ("peak memory (GiB)", lambda v: f"{v['peak_memory_bytes'] / 2 ** 30:.2f}"),
              ("  held at start (GiB)", lambda v: f"{v['memory_at_start_bytes'] / 2 ** 30:.2f}"),
              ("model TFLOP/s", lambda v: f"{v['model_flops_per_s'] / 1e12:.3g}"),
              ("MFU (%)", lambda v: f"{100 * v['mfu']:.2f}"),
              ("loss, first measured step", lambda v: f"{v['losses'][0]:.5g}")]
     if len(variants) > 1:
         rows += [(f"speed vs {base['name']}", lambda v: f"{v['samples_per_s'] / base['samples_per_s']:.3f}x"),
+                 ("  median of paired steps", lambda v: f"{v['speed_vs_baseline_median']:.3f}x"),
+                 ("  CPU time, paired steps", lambda v: f"{v['cpu_speed_vs_baseline_median']:.3f}x"),
                  (f"memory vs {base['name']}", lambda v: f"{v['peak_memory_bytes'] / base['peak_memory_bytes']:.3f}x")]
     width = max(12, *(len(v["name"]) + 2 for v in variants))
     m = report["machine"]

@@ -25,6 +25,7 @@ work, as in the PaLM paper's MFU.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,8 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int | None
 
 
 class StepTimer:
-    """Wall time per optimizer step, split into named parts, plus what each step's batches held."""
+    """Wall time per optimizer step, split into named parts, plus what each step's batches held and
+    the process's CPU time (the step's work, nearly blind to other processes sharing the cores)."""
 
     def __init__(self, flop_model, device):
         self.flop_model, self.cuda = flop_model, torch.device(device).type == "cuda"
@@ -156,6 +158,7 @@ class StepTimer:
     def restart(self, start: float | None = None) -> None:
         """Open a new step; its clock starts now (or at `start`)."""
         self.start = self.now() if start is None else start
+        self.cpu_start = time.process_time()
         self.parts, self.stats, self.loss = dict.fromkeys(STAGES, 0.0), {}, 0.0
         self.last_backward_end = self.moved_at = self.start
 
@@ -178,7 +181,8 @@ class StepTimer:
 
     def end_step(self) -> None:
         end = self.now()
-        self.steps.append({"time": end - self.start, "parts": self.parts, "stats": self.stats, "loss": self.loss})
+        self.steps.append({"time": end - self.start, "cpu": time.process_time() - self.cpu_start, "parts": self.parts,
+                           "stats": self.stats, "loss": self.loss})
         self.restart(end)
 
 
@@ -190,6 +194,8 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
     breakdown["other"] = max(seconds / len(steps) - sum(breakdown.values()), 0.0)
     return {
         "name": name, "measured_steps": len(steps), "step_time_s": seconds / len(steps),
+        "median_step_time_s": statistics.median(s["time"] for s in steps),
+        "median_cpu_time_s": statistics.median(s["cpu"] for s in steps),
         "breakdown_s": breakdown, "samples_per_s": total["samples"] / seconds,
         "supervised_tokens_per_s": total["supervised_tokens"] / seconds,
         "real_tokens_per_s": total["real_tokens"] / seconds,
@@ -198,6 +204,23 @@ def summarize(name: str, steps: list[dict], peak: float, memory: dict) -> dict:
         "model_flops_per_step": total["flops"] / len(steps), "model_flops_per_s": total["flops"] / seconds,
         "mfu": total["flops"] / seconds / peak, "losses": [s["loss"] for s in steps], "totals": total,
         "per_step": steps}
+
+
+def speed_vs(base: dict, variant: dict, key: str = "time") -> float:
+    """The variant's speed over the baseline's: the median, over every measured step of every
+    round, of (baseline step time / variant step time) for the same step of the same round. Both
+    trained on the very same batches there, back to back, so each ratio compares equal work, and a
+    machine that gets busier between rounds, or another process slowing one step, moves a few
+    ratios and not the median.
+
+    `key`: "time" (wall) or "cpu" (the process's CPU time).
+
+    >>> speed_vs({"rounds": [[{"time": 1.0}, {"time": 2.0}], [{"time": 1.0}, {"time": 4.0}]]},
+    ...          {"rounds": [[{"time": 2.0}, {"time": 2.0}], [{"time": 1.25}, {"time": 1.0}]]})
+    0.9
+    """
+    return statistics.median(b[key] / v[key] for base_round, round_ in zip(base["rounds"], variant["rounds"])
+                             for b, v in zip(base_round, round_))
 
 
 class PeakMemory:

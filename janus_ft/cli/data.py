@@ -3,7 +3,8 @@
 `check` validates every record of every source (JSON, fields, image files, lengths) and prints
 counts per task; any bad record -> exit 2, each one listed with file:line (or source:row) and field.
 `preview` renders records in the Janus format with the supervised spans marked, or as JSON (`task`,
-`text`, `input_ids`, `labels`). Both read any source a recipe can name (`janus_ft.data.sources`).
+`text`, `input_ids`, `labels`); with `--recipe`, exactly as that recipe trains on them (its system
+prompt, turns, length limit). Both read any source a recipe can name (`janus_ft.data.sources`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,18 @@ def configure(parser) -> None:
     check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens")
     _source_options(check)
     preview = sub.add_parser("preview", help="show rendered records and supervised tokens")
-    preview.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    preview.add_argument("source", metavar="SOURCE", nargs="?",
+                         help=SOURCE_HELP + " (default with --recipe: the recipe's data.train)")
     _source_options(preview)
-    preview.add_argument("--model", default="tiny", help="checkpoint whose tokenizer/processor to use")
+    preview.add_argument("--recipe", help="render as this recipe trains: its model, format, data.system_prompt, "
+                                          "data.last_turn_only and data.max_length")
+    preview.add_argument("--system-prompt", default=None,
+                         help="system prompt for records without one ('' for none; default: the recipe's, else "
+                              "Janus's own)")
+    preview.add_argument("--model", default=None,
+                         help="checkpoint whose tokenizer/processor to use (default: the recipe's, else tiny)")
     preview.add_argument("--format", choices=["janus-pro", "janus"], default=None,
-                         help="conversation format (default: from the checkpoint)")
+                         help="conversation format (default: the recipe's, else from the checkpoint)")
     preview.add_argument("--json", action="store_true", help="one JSON object per record")
     preview.add_argument("--limit", type=int, default=None, help="show at most N records")
     preview.add_argument("--no-color", action="store_true", help="mark supervised spans without colour")
@@ -161,23 +169,48 @@ def _report_cache(records, model_path: str, cache_dir) -> None:
 
 
 def preview(args) -> int:
-    ensure_tiny(args.model)
-    processor = _processor(args.model)
-    fmt = args.format or detect_format(processor)
-    records = load_records(_sources([args.source], args))[: args.limit]
-    ds = JanusDataset(records, processor, fmt, max_length=10**9)
+    view = preview_settings(args)
+    ensure_tiny(view["model"])
+    processor = _processor(view["model"])
+    fmt = view["format"] or detect_format(processor)
+    records = load_records(view["sources"], seed=view["seed"])[: args.limit]
+    ds = JanusDataset(records, processor, fmt, view["max_length"], view["system_prompt"], view["last_turn_only"])
     tok = processor.tokenizer
     for ex in ds.examples:
+        text = render_text(render(ex.record, fmt, view["system_prompt"], view["last_turn_only"]))
         if args.json:
-            print(json.dumps({"task": ex.record.task, "line": ex.record.line,
-                              "text": render_text(render(ex.record, fmt)),
+            print(json.dumps({"task": ex.record.task, "line": ex.record.line, "text": text,
                               "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
         else:
             marks = ("[[", "]]") if args.no_color or not sys.stdout.isatty() else (OPEN, CLOSE)
             print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}, {len(ex.input_ids)} tokens, "
                   f"{sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
             print(marked_text(tok, ex.input_ids, ex.labels, ds.special, marks))
+    for record in ds.dropped:   # training drops them too: never shown as if they trained
+        print(f"--- {record.source}:{record.line} ({record.task}) dropped: longer than data.max_length="
+              f"{view['max_length']} tokens", file=sys.stderr)
     return 0
+
+
+def preview_settings(args) -> dict:
+    """What `preview` renders with: the command line first, then the recipe, then the defaults
+    `janus-ft sft` would use, so the preview shows what that recipe trains on (system prompt
+    included), not a default rendering of the same records."""
+    view = {"sources": _sources([args.source], args) if args.source else [], "model": "tiny", "format": None,
+            "system_prompt": None, "last_turn_only": False, "max_length": 10**9, "seed": DEFAULT_SEED}
+    if args.recipe:
+        from ..recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        d = recipe.data
+        view.update(sources=view["sources"] or d.train, model=recipe.model.path, seed=recipe.train.seed,
+                    format=None if recipe.model.format == "auto" else recipe.model.format,
+                    system_prompt=d.system_prompt, last_turn_only=d.last_turn_only, max_length=d.max_length)
+    if not view["sources"]:
+        raise UserError("data preview: give a SOURCE or --recipe")
+    overrides = {"model": args.model, "format": args.format, "system_prompt": args.system_prompt}
+    view.update({k: v for k, v in overrides.items() if v is not None})
+    return view
 
 
 def marked_text(tok, ids, labels, special, marks=("[[", "]]")) -> str:

@@ -81,6 +81,31 @@ def real_token_fraction(batch: dict) -> float:
     return float((task_ids >= 0).sum()) / task_ids.numel()
 
 
+def loss_plan(batch: dict, image_token_id: int) -> dict:
+    """Where a collated batch's targets and image slots sit, as flat positions (row x length):
+    text targets (scored by the LM head), image-code targets (scored by the generation head; they
+    hold the generation embeddings in the input) and understanding image placeholders (which take
+    the SigLIP features). Column 0 is never a target: nothing precedes it to predict it.
+
+    The collator computes this on the CPU, where counting and `nonzero` cost nothing, so the loss
+    on a GPU never stops to read a count back from the device.
+
+    >>> import torch
+    >>> b = collate([{"input_ids": torch.tensor([1, 9, 9, 5, 6]), "labels": torch.tensor([-100, -100, -100, 5, 6]),
+    ...               "task": 1},
+    ...              {"input_ids": torch.tensor([1, 4, 9, 9]), "labels": torch.tensor([-100, -100, 7, 8]),
+    ...               "task": 2}], pad_id=0)
+    >>> {k: v.tolist() for k, v in loss_plan(b, image_token_id=9).items()}
+    {'text_targets': [3, 4], 'gen_targets': [7, 8], 'image_slots': [1, 2]}
+    """
+    labels = batch["labels"]
+    supervised = labels != IGNORE_INDEX
+    supervised[:, 0] = False
+    image = batch["input_ids"] == image_token_id
+    return {name: mask.flatten().nonzero().flatten() for name, mask in (
+        ("text_targets", supervised & ~image), ("gen_targets", supervised & image), ("image_slots", image & ~supervised))}
+
+
 def _add_pixels(batch: dict, samples: list[dict]) -> None:
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
     if pixels:
@@ -88,12 +113,16 @@ def _add_pixels(batch: dict, samples: list[dict]) -> None:
 
 
 class JanusCollator:
-    """The trainer's collator: pads, or packs when `packing` is on (see `pack`)."""
+    """The trainer's collator: pads, or packs when `packing` is on (see `pack`); with the model's
+    `image_token_id`, adds the batch's `loss_plan`."""
 
-    def __init__(self, pad_id: int, packing: bool = False, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_id: int, packing: bool = False, pad_to_multiple_of: int | None = None,
+                 image_token_id: int | None = None):
         self.pad_id, self.packing, self.pad_to_multiple_of = pad_id, packing, pad_to_multiple_of
+        self.image_token_id = image_token_id
 
     def __call__(self, samples: list[dict]) -> dict:
-        if self.packing:
-            return pack(samples)
-        return collate(samples, self.pad_id, self.pad_to_multiple_of)
+        batch = pack(samples) if self.packing else collate(samples, self.pad_id, self.pad_to_multiple_of)
+        if self.image_token_id is not None:
+            batch["loss_plan"] = loss_plan(batch, self.image_token_id)
+        return batch

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..janus import IGNORE_INDEX
+from ..data.collate import loss_plan
+from ..janus import IGNORE_INDEX, TASK_IDS
 
 
 def core_model(model):
@@ -32,9 +33,14 @@ def core_model(model):
 
 @dataclass
 class LossParts:
-    total: torch.Tensor             # sum of token losses (graph attached)
+    total: torch.Tensor       # sum of token losses (graph attached)
     n_tokens: int
-    per_task: dict[int, tuple[float, int]]   # task id -> (sum of token losses, tokens)
+    task_sums: torch.Tensor   # (tasks, 2): per task id, (sum of token losses, tokens); detached, on the device
+
+    @property
+    def per_task(self) -> dict[int, tuple[float, int]]:
+        """task id -> (sum of token losses, tokens) for the tasks in the batch (reads the device)."""
+        return {task: (loss_sum, int(n)) for task, (loss_sum, n) in enumerate(self.task_sums.tolist()) if n}
 
 
 def target_masks(batch: dict, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +51,15 @@ def target_masks(batch: dict, image_token_id: int) -> tuple[torch.Tensor, torch.
     return supervised & ~gen, gen
 
 
-def input_embeddings(core, batch: dict, gen_mask: torch.Tensor) -> torch.Tensor:
+def input_embeddings(core, batch: dict, plan: dict, input_grad: bool = True) -> torch.Tensor:
     ids = batch["input_ids"]
     embeds = core.get_input_embeddings()(ids)
+    if embeds.requires_grad and embeds.is_leaf and not (input_grad and trains(core.model.language_model)):
+        # A frozen table's output requires grad only through `enable_input_require_grads`' hook (see
+        # `image_features`). Only reentrant checkpointing of a training LLM needs that: its layers
+        # return no gradient unless an input requires one. Otherwise it just adds the first layer's
+        # input gradient to every backward. Image features keep the gradient they carry.
+        embeds = embeds.detach()
     # Both image paths run on every batch, on zero images when it has none of their task: DeepSpeed
     # ZeRO reduces gradients in the order backward produces them, so every rank must run the same
     # modules in the same order whatever tasks its shard of the step holds.
@@ -55,52 +67,81 @@ def input_embeddings(core, batch: dict, gen_mask: torch.Tensor) -> torch.Tensor:
     if blank:   # the vision tower cannot take zero images: one blank image, its features dropped
         vc = core.config.vision_config
         pixels = embeds.new_zeros(1, vc.num_channels, vc.image_size, vc.image_size)
-    features = core.model.get_image_features(pixels.to(embeds.dtype)).pooler_output
+    features = image_features(core, pixels.to(embeds.dtype))
     features = features[:0] if blank else features
     features = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-    und_mask = (ids == core.config.image_token_id) & ~gen_mask
-    if int(und_mask.sum()) != features.shape[0]:
-        raise ValueError(f"{int(und_mask.sum())} image placeholders but {features.shape[0]} image features")
-    embeds = embeds.masked_scatter(und_mask[..., None], features)
-    gen = core.prepare_embeddings_for_image_generation(batch["labels"][gen_mask]).to(embeds.dtype)
-    return embeds.masked_scatter(gen_mask[..., None], gen)
+    slots, gen = plan["image_slots"], plan["gen_targets"]
+    if len(slots) != features.shape[0]:   # sizes known on the host: no device sync
+        raise ValueError(f"{len(slots)} image placeholders but {features.shape[0]} image features")
+    codes = batch["labels"].flatten().index_select(0, gen)
+    gen_embeds = core.prepare_embeddings_for_image_generation(codes).to(embeds.dtype)
+    # Features go to their placeholders in row-major order, one image after the other, as the
+    # collator concatenated `pixel_values`.
+    flat = embeds.flatten(0, 1).index_copy(0, slots, features).index_copy(0, gen, gen_embeds)
+    return flat.view_as(embeds)
 
 
-def compute_loss_parts(model, batch: dict) -> LossParts:
+def trains(module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def image_features(core, pixels: torch.Tensor) -> torch.Tensor:
+    """`get_image_features` (SigLIP, then the aligner), with autograd through SigLIP only where it
+    has trainable weights.
+
+    Gradient checkpointing makes transformers call `enable_input_require_grads`, which hooks the
+    input embeddings of every sub-model -- SigLIP's patch embeddings included -- so their output
+    requires grad. A frozen tower would then be recorded, recomputed by its checkpointed layers
+    and differentiated in every backward, only to end at weights that do not train (and without
+    checkpointing nothing needs its graph either). A trainable aligner still gets its gradient:
+    it runs outside, on features that simply carry none.
+    """
+    vision = core.model.vision_model
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trains(vision)):
+        hidden = vision(pixels, return_dict=True).last_hidden_state
+    return core.model.aligner(hidden)
+
+
+def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts:
+    """Token losses of a batch. `input_grad=False` drops the gradient that transformers' gradient
+    checkpointing asks for on the LLM's input embeddings, which only reentrant checkpointing needs
+    (`JanusTrainer` passes what its arguments say).
+
+    The batch's `loss_plan` (`janus_ft.collate.loss_plan`, made by the collator on the CPU) says
+    where targets and images sit; nothing here waits for the device to report a count, so a GPU
+    step is queued without a host sync. A batch without a plan gets one here.
+    """
     core = core_model(model)
-    text_mask, gen_mask = target_masks(batch, core.config.image_token_id)
-    # Position t predicts t+1: shift the target masks left by one.
-    text_pred, gen_pred = text_mask[:, 1:], gen_mask[:, 1:]
-    keep = text_pred.any(0).nonzero().flatten()   # lm_head only where some row has a text target
+    plan = batch.get("loss_plan") or loss_plan(batch, core.config.image_token_id)
+    # Flat positions (row x length) of the targets; position t predicts t + 1, in the same row
+    # (column 0 is never a target).
+    text, gen = plan["text_targets"], plan["gen_targets"]
 
-    # Embeddings and the generation head run inside the wrapped model's forward (hooks on the Janus
-    # module): FSDP has gathered the weights only there, and DDP's search for unused parameters
-    # only sees what the forward produced.
+    # Embeddings and both heads run inside the wrapped model's forward (hooks on the Janus module):
+    # FSDP has gathered the weights only there, and DDP's search for unused parameters only sees
+    # what the forward produced. Each head sees only the positions it scores, where transformers'
+    # `logits_to_keep` would score every row at every kept column.
     def embed(module, args, kwargs):
-        return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, gen_mask)}
+        return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, plan, input_grad)}
 
-    def generation_logits(module, args, kwargs, output):
-        return output, module.model.generation_head(output.hidden_states[-1][:, :-1][gen_pred])
+    def head_logits(module, args, kwargs, output):
+        hidden = output.hidden_states[-1].flatten(0, 1)
+        return output, (module.lm_head(hidden.index_select(0, text - 1)),
+                        module.model.generation_head(hidden.index_select(0, gen - 1)))
 
     hooks = [core.register_forward_pre_hook(embed, with_kwargs=True),
-             core.register_forward_hook(generation_logits, with_kwargs=True)]
+             core.register_forward_hook(head_logits, with_kwargs=True)]
     try:
-        out, gen_logits = model(attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-                                output_hidden_states=True, logits_to_keep=keep, use_cache=False)
+        _, (text_logits, gen_logits) = model(
+            attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
+            output_hidden_states=True, logits_to_keep=text.new_empty(0), use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
-    labels, tasks = batch["labels"][:, 1:], batch["task_ids"][:, 1:]
-    column = torch.full((text_pred.shape[1],), -1, dtype=torch.long, device=keep.device)
-    column[keep] = torch.arange(len(keep), device=keep.device)
-    rows, cols = text_pred.nonzero(as_tuple=True)
-    token_losses = torch.cat([
-        F.cross_entropy(out.logits[rows, column[cols]].float(), labels[rows, cols], reduction="none"),
-        F.cross_entropy(gen_logits.float(), labels[gen_pred], reduction="none")])
-    token_tasks = torch.cat([tasks[rows, cols], tasks[gen_pred]])
-    per_task = {}
-    detached = token_losses.detach()
-    for task in token_tasks.unique().tolist():
-        sel = token_tasks == task
-        per_task[task] = (float(detached[sel].sum()), int(sel.sum()))
-    return LossParts(token_losses.sum(), int(token_losses.numel()), per_task)
+    labels, targets = batch["labels"].flatten(), torch.cat([text, gen])
+    token_losses = torch.cat([F.cross_entropy(text_logits.float(), labels.index_select(0, text), reduction="none"),
+                              F.cross_entropy(gen_logits.float(), labels.index_select(0, gen), reduction="none")])
+    tasks = batch["task_ids"].flatten().index_select(0, targets)
+    task_sums = token_losses.new_zeros(len(TASK_IDS), 2).index_add_(
+        0, tasks, torch.stack([token_losses.detach(), torch.ones_like(token_losses)], 1))
+    return LossParts(token_losses.sum(), len(targets), task_sums)

@@ -99,6 +99,23 @@ def _kept(output_dir: str | Path) -> str:
     return f"the last complete checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
 
 
+class SaveEverySteps(TrainerCallback):
+    """Checkpoints exactly every `train.save_steps`. transformers also writes one at the last step
+    whatever `save_steps` says: with save_steps beyond max_steps that is a checkpoint (adapter,
+    optimizer state, RNG) no recipe asked for, beside the final adapter janus_ft writes anyway.
+    `train.save_last` keeps it, for a run to be continued from its very last step. Registered
+    before `SignalCheckpoint`, whose save on a signal always stands."""
+
+    def __init__(self, keep_last: bool = False):
+        self.keep_last = keep_last
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last = state.global_step >= state.max_steps
+        if (last and not self.keep_last and args.save_strategy == "steps" and state.save_steps > 0
+                and state.global_step % state.save_steps):
+            control.should_save = False
+
+
 class SignalCheckpoint(TrainerCallback):
     """SIGINT / SIGTERM: finish the optimizer step, save a checkpoint, stop training.
 

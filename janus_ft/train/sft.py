@@ -19,7 +19,7 @@ from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from ..errors import RecipeError, UserError
 from ..files import publish
 from ..recipe import Recipe, save_recipe
-from .checkpoint import STAGING, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
+from .checkpoint import STAGING, SaveEverySteps, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
 from .distributed import distributed_fields, distributed_state, has_accelerator, on_main_process, process_lost, world_size
 
 logger = get_logger(__name__)
@@ -50,6 +50,9 @@ def sft_config(recipe: Recipe, max_steps: int, has_eval: bool):
         # mixture schedule (its order is what keeps the ratio inside each optimizer step).
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
         train_sampling_strategy="sequential", prediction_loss_only=True,
+        # The NaN guard (JanusTrainer) stops or skips before a non-finite loss is logged; the
+        # Trainer's own filter would read the loss back from the device after every micro-batch.
+        logging_nan_inf_filter=False,
         # transformers 5 calls it activation checkpointing. Non-reentrant (transformers' default, made
         # explicit): DDP must find unused parameters (a micro-batch without images leaves the SigLIP
         # LoRA without gradient), which reentrant checkpointing does not allow; and TRL's switch to
@@ -170,8 +173,10 @@ def run_sft(recipe: Recipe) -> SftResult:
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
         eval_dataset=eval_set, processing_class=processor,
-        data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing),
-        callbacks=[MixtureCallback(mixture, global_batch, mixture.ratios), stopper := SignalCheckpoint()],
+        data_collator=JanusCollator(processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                                    image_token_id=model.config.image_token_id),
+        callbacks=[MixtureCallback(mixture, global_batch, mixture.ratios), SaveEverySteps(t.save_last),
+                   stopper := SignalCheckpoint()],
         probe=TrainingProbe(processor, fmt, val_sets, t.eval_answers, t.eval_images, t.sample_prompts,
                             t.per_device_eval_batch_size, system_prompt=recipe.data.system_prompt),
         nan_policy=t.nan_policy)

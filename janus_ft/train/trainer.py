@@ -36,6 +36,8 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
         self.skipped_batches = 0
         self._flops_params: int | None = None   # parameter count for `total_flos`, taken once
         self._evaluating = False
+        self._pending = None                      # this step's per-task sums, not judged yet
+        self._log_sums = {"train": None, "eval": None}   # per-task sums since the last log
         # Our loss is a sum over supervised tokens divided by the Trainer's count over the whole
         # accumulated step, so gradient accumulation gives the same update as one large batch.
         self.model_accepts_loss_kwargs = True
@@ -44,16 +46,13 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
                 callback.accelerator = self.accelerator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        parts = compute_loss_parts(model, inputs)
-        mode = "train" if model.training else "eval"
-        # Judged on the sums over all ranks: a NaN on one rank is then seen by every rank, which all
-        # stop or all skip together (one rank skipping alone would leave the others in a collective).
-        per_task = self._all_ranks(parts.per_task)
-        bad = [TASK_NAMES[t] for t, (loss_sum, _) in per_task.items() if not math.isfinite(loss_sum)]
-        if bad and model.training:
-            return self._non_finite(model, bad, return_outputs)
-        for task, (loss_sum, n) in per_task.items():
-            record_metric(self, mode, f"loss_{TASK_NAMES[task]}", loss_sum / n)
+        parts = compute_loss_parts(model, inputs, input_grad=self._reentrant_checkpointing())
+        if model.training:
+            bad = self._judge(parts.task_sums)
+            if bad:
+                return self._non_finite(model, bad, return_outputs)
+        else:
+            self._add_to_log("eval", self._all_ranks(parts.task_sums))
         if num_items_in_batch is not None:
             loss = parts.total / num_items_in_batch
             if self.args.average_tokens_across_devices:
@@ -61,6 +60,34 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
         else:
             loss = parts.total / max(parts.n_tokens, 1)
         return (loss, None) if return_outputs else loss
+
+    def _judge(self, task_sums) -> list[str]:
+        """The tasks whose loss is not finite, judged when it is time: every micro-batch under
+        nan_policy=skip, else the step's last micro-batch -- before its backward, so before any
+        optimizer step (DeepSpeed steps inside that backward). Per-task sums stay on the device
+        until then: reading them is the step's one host sync. Judged on the sums over all ranks, so
+        every rank stops or skips together (one rank alone would leave the others in a collective)."""
+        pending = task_sums if self._pending is None else self._pending + task_sums
+        if self.nan_policy != "skip" and not self.accelerator.sync_gradients:
+            self._pending = pending
+            return []
+        self._pending = None
+        pending = self._all_ranks(pending)
+        bad = [TASK_NAMES[t] for t, (loss_sum, n) in enumerate(pending.tolist()) if n and not math.isfinite(loss_sum)]
+        if not bad:
+            self._add_to_log("train", pending)
+        return bad
+
+    def _add_to_log(self, mode: str, task_sums) -> None:
+        logged = self._log_sums[mode]
+        self._log_sums[mode] = task_sums if logged is None else logged + task_sums
+
+    def _reentrant_checkpointing(self) -> bool:
+        """Read at every step: TRL switches PEFT + ZeRO-3 runs to reentrant checkpointing by editing
+        these arguments after janus_ft built them (unset, torch's default is reentrant)."""
+        args = self.args
+        return bool(args.activation_checkpointing) and (args.activation_checkpointing_kwargs or {}).get(
+            "use_reentrant", True)
 
     def floating_point_ops(self, inputs) -> int:
         """transformers' estimate for `total_flos` (6 x tokens x non-embedding parameters), with the
@@ -72,18 +99,12 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
         ids = inputs.get("input_ids")
         return 6 * ids.numel() * self._flops_params if ids is not None else 0
 
-    def _all_ranks(self, per_task: dict) -> dict:
+    def _all_ranks(self, task_sums):
         """Per-task (loss sum, tokens) summed over all processes, so `loss_<task>` describes the whole
-        step and not rank 0's shard of it (one all-reduce of six numbers per micro-batch)."""
+        step and not rank 0's shard of it (one all-reduce of six numbers)."""
         if self.accelerator.num_processes == 1:
-            return per_task
-        import torch
-
-        table = torch.zeros(len(TASK_NAMES), 2, dtype=torch.float64, device=self.accelerator.device)
-        for task, (loss_sum, n) in per_task.items():
-            table[task] = torch.tensor([loss_sum, n], dtype=torch.float64)
-        table = self.accelerator.reduce(table, reduction="sum").cpu()
-        return {task: (float(table[task, 0]), int(table[task, 1])) for task in TASK_NAMES if table[task, 1] > 0}
+            return task_sums
+        return self.accelerator.reduce(task_sums.to(self.accelerator.device), reduction="sum")
 
     def _non_finite(self, model, tasks: list[str], return_outputs: bool):
         """A NaN / inf loss never reaches the weights: stop (default), or with train.nan_policy=skip
@@ -115,9 +136,17 @@ class JanusTrainer(AtomicCheckpoints, SFTTrainer):
             self._evaluating = False
 
     def log(self, logs: dict, start_time=None) -> None:
-        # The probe runs when the Trainer logs the evaluation's losses, so that one evaluation is one
-        # entry in log_history and TensorBoard, and one line on the console. `logs` is the dict
-        # `evaluate` returns, so the probe's metrics are in its result too.
+        """`loss_<task>`: sum of token losses over tokens, over everything since the last log on all
+        ranks (the mean a single large batch would give; summed on the device, read once here).
+
+        During an evaluation the probe's answers and images join the same entry, so one evaluation
+        is one entry in log_history and TensorBoard and one line on the console (`logs` is the dict
+        `evaluate` returns, so they are in its result too)."""
+        mode = "train" if self.model.training else "eval"
+        sums, self._log_sums[mode] = self._log_sums[mode], None
+        for task, (loss_sum, n) in enumerate(sums.tolist() if sums is not None else []):
+            if n:
+                record_metric(self, mode, f"loss_{TASK_NAMES[task]}", loss_sum / n)
         if self._evaluating:
             logs.update(self._probe())
         super().log(logs, start_time)
