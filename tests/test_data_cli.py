@@ -130,6 +130,7 @@ def test_preview_with_recipe_shows_what_it_trains_on(tmp_path, capsys, caplog, t
     with caplog.at_level(logging.WARNING, logger="janus_ft"):
         trained = build_datasets(read_sources(recipe.data.train), None, tiny_processor, recipe, "janus-pro")["text"]
     assert "dropped 1 text record(s)" in caplog.text   # sft drops the long one too
+    capsys.readouterr()   # (the same warning, shown on the console by the janus-ft handler)
     assert [(r["input_ids"], r["labels"]) for r in rows] == [(e.input_ids, e.labels) for e in trained.examples]
     tok = tiny_processor.tokenizer
     assert tok.decode([t for t in rows[0]["labels"] if t != -100]) == " Ciao<｜end▁of▁sentence｜>"   # last turn only
