@@ -144,12 +144,16 @@ def test_resume_equals_straight_run(tmp_path, shapes):
     assert any(not torch.allclose(mid[k], a[k]) for k in a)
 
 
-def test_demo_recipe_end_to_end(tmp_path):
-    """The README's main job, shortened: all three tasks mixed, adapter and plot written."""
+def test_demo_recipe_end_to_end(tmp_path, capsys):
+    """The README's main job, shortened: all three tasks mixed, adapter and plot written, and the
+    console closes with the summary (one process: no `[RANK 0]` prefix)."""
     out = tmp_path / "demo"
     assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), "train.max_steps=6", "train.eval_answers=3",
                  "train.save_steps=100", "train.eval_steps=3", "train.disable_tqdm=true", f"output_dir={out}",
                  "train.report_to=[tensorboard]"]) == 0
+    console = capsys.readouterr().out
+    assert "janus-ft: 6 steps in " in console and "janus-ft: adapter, processor, recipe.yaml" in console
+    assert "[RANK" not in console
     mixture = json.loads((out / "mixture.json").read_text())
     assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
     assert not list(out.glob("checkpoint-*"))   # save_steps beyond max_steps: the final adapter only

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import UserError
@@ -51,6 +52,17 @@ class _Console(logging.StreamHandler):
         pass
 
 
+class _Format(logging.Formatter):
+    """accelerate's logger prefixes every message with `[RANK n] `: worth keeping when several
+    processes print, noise when one does."""
+
+    def format(self, record):
+        text = super().format(record)
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            text = text.replace("janus-ft: [RANK 0] ", "janus-ft: ", 1)
+        return text
+
+
 def show_janus_ft_logs() -> None:
     """Messages janus_ft logs (INFO and up; the main process only, unless a message is per rank)
     printed as `janus-ft: ...`. Libraries leave logging to the application: this is ours."""
@@ -58,7 +70,7 @@ def show_janus_ft_logs() -> None:
     logger.setLevel(logging.INFO)
     if not any(isinstance(h, _Console) for h in logger.handlers):
         handler = _Console()
-        handler.setFormatter(logging.Formatter("janus-ft: %(message)s"))
+        handler.setFormatter(_Format("janus-ft: %(message)s"))
         logger.addHandler(handler)
 
 

@@ -7,6 +7,7 @@ load recipe -> load model and processor -> build datasets and mixture -> apply L
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..errors import RecipeError, UserError
 from ..files import publish
 from ..recipe import Recipe, save_recipe
 from .checkpoint import STAGING, SaveEverySteps, SignalCheckpoint, check_output_dir, clear_staging, lost_process_error, save_error
+from .console import summary
 from .distributed import distributed_fields, distributed_state, has_accelerator, on_main_process, process_lost, world_size
 
 logger = get_logger(__name__)
@@ -149,7 +151,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     from .probe import TrainingProbe
     from .trainer import ConsoleCallback, JanusTrainer, MixtureCallback
 
-    out, t = Path(recipe.output_dir), recipe.train
+    out, t, started = Path(recipe.output_dir), recipe.train, time.monotonic()
     # The platform, data and output_dir are checked before any weight is loaded: a typo costs
     # seconds, not a model load. Process setup first: the checks below are rank-aware.
     distributed_state()
@@ -193,7 +195,9 @@ def run_sft(recipe: Recipe) -> SftResult:
     if eval_set is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
     save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
-    logger.info(f"adapter, processor, recipe.yaml, mixture.json and loss.png in {out}")
+    for line in summary(trainer.state.log_history, trainer.state.global_step, time.monotonic() - started,
+                        out).splitlines():
+        logger.info(line)
     return SftResult(out, trainer.model, trainer.state.log_history)
 
 
