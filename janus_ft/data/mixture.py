@@ -137,8 +137,8 @@ class MixtureDataset(torch.utils.data.Dataset):
                          and random.Random(f"cfg-{self.seed}-{position}").random() < self.cfg_dropout)
         return self.datasets[task].sample(index, unconditional=unconditional)
 
-    def as_hf_dataset(self):
-        return lazy_hf_dataset(len(self), self.__getitem__)
+    def as_hf_dataset(self, keys: tuple[str, ...] | None = None):
+        return lazy_hf_dataset(len(self), self.__getitem__, keys)
 
     def counts(self, n_samples: int) -> dict[str, int]:
         out = dict.fromkeys(TASK_IDS, 0)
@@ -147,15 +147,16 @@ class MixtureDataset(torch.utils.data.Dataset):
         return out
 
 
-def lazy_hf_dataset(n: int, getitem):
+def lazy_hf_dataset(n: int, getitem, keys: tuple[str, ...] | None = None):
     """A `datasets.Dataset` of positions whose rows are built on access by `getitem(position)`.
 
     TRL's trainer takes `datasets` objects only; an on-the-fly transform keeps samples lazy (images
-    opened when the row is read) instead of materialising pixels for the whole run.
+    opened when the row is read) instead of materialising pixels for the whole run. `keys`: the
+    columns of a row (default: a sample's; preference pairs: `preference.PAIR_KEYS`).
     """
     import datasets
 
-    keys = ("input_ids", "labels", "task", "pixel_values")
+    keys = keys or ("input_ids", "labels", "task", "pixel_values")
 
     def transform(batch):
         rows = [getitem(p) for p in batch["position"]]

@@ -35,19 +35,22 @@ from .records import Record, brief, decode_line, parse_record, read_lines
 
 DEFAULT_SEED = 42   # train.seed's default, so `#N` picks the same rows in `data check` as in training
 FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv", ".json": "json"}
-_TEXT_FIELDS = ("query", "response", "messages")
+_TEXT_FIELDS = ("query", "response", "messages", "prompt", "chosen")
+_IMAGE_FIELDS = ("images", "rejected_images")
 _BATCH = 1024   # rows converted to Python at a time: bounded memory for sources of any size
 
 
-def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None = None) -> list[Record]:
+def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None = None,
+                parse: Callable = parse_record) -> list[Record]:
     """The records of one source. With `errors`, bad records (and a source that cannot be read)
-    are collected there and skipped; without, the first one raises."""
+    are collected there and skipped; without, the first one raises. `parse(fields, path, where)`
+    validates a row (`records.parse_record`; preference pairs: `preference.parse_pair`)."""
     records: list[Record] = []
     try:
         rows = _jsonl_rows(src, seed) if source_kind(src) == "jsonl" else _dataset_rows(src, seed)
         for where, fields in rows:
             try:
-                records.append(parse_record(fields(), Path(src.label), where))
+                records.append(parse(fields(), Path(src.label), where))
             except BadRecord as err:
                 if errors is None:
                     raise
@@ -158,8 +161,9 @@ def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
 def _dataset_fields(row: dict, base: Path, src: DataSource, where: str):
     # A column a row leaves empty (null) is a field the record does not have, as in JSONL.
     fields = map_fields({k: v for k, v in row.items() if v is not None}, src.columns, _constants(src))
-    if "images" in fields:
-        fields["images"] = image_files(fields["images"], base, partial(BadRecord, src.label, where))
+    for key in _IMAGE_FIELDS:
+        if key in fields:
+            fields[key] = image_files(fields[key], base, partial(BadRecord, src.label, where), key)
     return fields
 
 
@@ -178,7 +182,7 @@ def _needed_columns(names: list[str], src: DataSource) -> list[str]:
     return sorted(set(own) | set(src.columns.values()), key=names.index)
 
 
-def image_files(value, base: Path, bad) -> list:
+def image_files(value, base: Path, bad, key: str = "images") -> list:
     """A row's images -> the file paths records hold. Paths are taken relative to `base`; encoded
     bytes, PIL images and the bytes of `datasets.Image` values ({"bytes", "path"}) are stored as
     files. Anything else is passed on for `parse_record` to reject with its usual message."""
@@ -186,7 +190,7 @@ def image_files(value, base: Path, bad) -> list:
     for i, item in enumerate(value if isinstance(value, list) else [value]):
         if isinstance(item, dict) and item and set(item) <= {"bytes", "path"}:
             if not item.get("bytes") and not item.get("path"):
-                raise bad(f"images[{i}]", "an image value with neither bytes nor a path")
+                raise bad(f"{key}[{i}]", "an image value with neither bytes nor a path")
             item = item.get("bytes") or item["path"]
         if isinstance(item, (bytes, bytearray, Image.Image)):
             item = str(stored_image(bytes(item) if isinstance(item, bytearray) else item))

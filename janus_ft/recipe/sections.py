@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..janus import COMPONENTS
+from .dpo import DpoArgs
 
 
 def opt(default, help_text: str, **kw):
@@ -26,7 +27,9 @@ class ModelArgs:
 
 
 # What `columns` may map a source's columns onto (the JSONL record fields, docs/data.md).
-RECORD_FIELDS = ("query", "response", "images", "history", "system", "messages", "task")
+RECORD_FIELDS = ("query", "response", "images", "history", "system", "messages", "task",
+                 # preference pairs (janus-ft dpo)
+                 "prompt", "chosen", "rejected", "rejected_response", "rejected_images")
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Recipe:
     data: DataArgs = field(default_factory=DataArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    dpo: DpoArgs = field(default_factory=DpoArgs)
     output_dir: str = "runs/janus-ft"
     source: str | None = field(default=None, metadata={"internal": True})
 
