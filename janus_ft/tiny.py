@@ -76,7 +76,9 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
         chat_template=chat_template(user, assistant))
 
 
-def tiny_config(tokenizer):
+def tiny_config(tokenizer, llm: str | None = None):
+    """The tiny model's config; `llm` names a `SIZE_PRESETS` entry whose language-model sizes replace
+    the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that conditions on its prompt)."""
     from transformers import (
         JanusConfig,
         JanusVisionConfig,
@@ -84,10 +86,12 @@ def tiny_config(tokenizer):
         LlamaConfig,
     )
 
-    hidden = 64
+    sizes = SIZE_PRESETS[llm] if llm else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                           "num_attention_heads": 4}
+    hidden = sizes["hidden_size"]
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        vocab_size=len(tokenizer), num_key_value_heads=sizes["num_attention_heads"], max_position_embeddings=1024,
+        **sizes,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     n_tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
@@ -155,8 +159,9 @@ def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = P
                           num_image_tokens=(image_size // patch_size) ** 2)
 
 
-def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) -> Path:
-    """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`."""
+def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, llm: str | None = None) -> Path:
+    """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`;
+    `llm` (a `SIZE_PRESETS` name, e.g. "mid") gives it a larger language model (see `tiny_config`)."""
     from transformers import JanusForConditionalGeneration
 
     if fmt not in ("janus-pro", "janus"):
@@ -165,7 +170,7 @@ def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) ->
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(fmt)
     torch.manual_seed(seed)
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, llm)
     # Real checkpoints have trained heads with large logits; a 64-wide random model initialised at
     # std 0.02 cannot produce a confident token through its final RMSNorm and frozen lm_head, so
     # LoRA could never fit anything. Initialise the Janus-level weights wider instead.
@@ -174,7 +179,7 @@ def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0) ->
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
-    (out / "janus_ft_tiny.json").write_text(json.dumps({"format": fmt, "seed": seed}) + "\n")
+    (out / "janus_ft_tiny.json").write_text(json.dumps({"format": fmt, "seed": seed} | ({"llm": llm} if llm else {})) + "\n")
     return out
 
 
