@@ -4,9 +4,10 @@
   is the shape?"; chosen = its colour, rejected = another colour. Only the pixels tell them apart.
 * text (TRL shape, `prompt` / `chosen` / `rejected`): "Which is a colour: X or Y?" naming one colour
   and one shape in random order; chosen = the colour, rejected = the shape.
-* generation (`rejected_images`): caption "a {colour} {shape}"; chosen = that shape in that colour,
-  rejected = the same shape at the same place in another colour. Only the caption's colour word
-  tells which image is preferred, so held-out pairs measure conditioning on the caption.
+* generation (`rejected_images`): caption "a {colour} {shape}"; chosen = a noisy shot of that shape
+  in that colour, rejected = a noisy shot of the same shape at the same place in another colour.
+  Every colour is chosen for its own caption and rejected for others, so only the caption tells
+  which image is preferred: held-out pairs (unseen shots) measure conditioning on the caption.
 
     python data_templates/make_preference.py OUT_DIR --n 120 --seed 0 --size 64 --split-val 40
 
@@ -19,11 +20,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 from generator_io import check_split, finish, parser, write_split
 from make_shapes import COLOURS, QUERY, SHAPES, draw_shape
+from PIL import Image
 
 
-def make_preference(out_dir, n: int = 120, seed: int = 0, size: int = 64, n_val: int | None = None) -> list[Path]:
+def make_preference(out_dir, n: int = 120, seed: int = 0, size: int = 64, n_val: int | None = None,
+                    noise: int = 3) -> list[Path]:
     """Write n pairs of each task (the last `n_val`, default n // 3, to the `_val` files) and their
     images; returns the paths written. Chosen colours are balanced over the records."""
     n_val = n // 3 if n_val is None else n_val
@@ -53,14 +57,29 @@ def make_preference(out_dir, n: int = 120, seed: int = 0, size: int = 64, n_val:
         text.append({"prompt": f"Which is a colour: {first} or {second}?", "chosen": colour, "rejected": shape})
     paths += write_split(out_dir, text, n_val, "text.jsonl", "text_val.jsonl")
 
+    # Generation: each colour x shape is one fixed scene (a "subject"); every pair draws fresh noisy
+    # shots (+-`noise` levels per pixel) of its subject and of the same shape in another colour, so
+    # held-out pairs are unseen images of the captions trained on. The VQ codes of a noisy shot stay
+    # close to its scene's, while a new drawing (another size or place) gives unrelated codes.
+    subjects = [(c, s) for c in colours for s in SHAPES]
+    scenes = {}
+    for colour, shape in subjects:
+        place = random.Random(f"{seed}-{shape}")   # the same size and place for every colour of a shape
+        scenes[colour, shape] = np.asarray(draw_shape(size, shape, COLOURS[colour], place), dtype=np.int16)
+    noise_rng = np.random.default_rng(seed)
+
+    def shot(colour, shape, rel):
+        noisy = scenes[colour, shape] + noise_rng.integers(-noise, noise + 1, scenes[colour, shape].shape)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(out_dir / rel)
+        return rel
+
     gen = []
-    for i, (colour, other) in enumerate(colour_pairs(), start=1):
-        shape, state = rng.choice(SHAPES), rng.getstate()
-        good, bad = f"images/gen_{i:04d}_chosen.png", f"images/gen_{i:04d}_rejected.png"
-        draw_shape(size, shape, COLOURS[colour], rng).save(out_dir / good)
-        rng.setstate(state)   # the same size and place: only the colour differs
-        draw_shape(size, shape, COLOURS[other], rng).save(out_dir / bad)
-        gen.append({"query": f"a {colour} {shape}", "response": "<image>", "images": [good], "rejected_images": [bad]})
+    for i in range(n):
+        colour, shape = subjects[i % len(subjects)]
+        other = rng.choice([x for x in colours if x != colour])
+        gen.append({"query": f"a {colour} {shape}", "response": "<image>",
+                    "images": [shot(colour, shape, f"images/gen_{i + 1:04d}_chosen.png")],
+                    "rejected_images": [shot(other, shape, f"images/gen_{i + 1:04d}_rejected.png")]})
     paths += write_split(out_dir, gen, n_val, "generation.jsonl", "generation_val.jsonl")
     return paths
 
