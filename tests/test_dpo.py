@@ -212,7 +212,12 @@ def test_mixed_run_logs_per_task_metrics_and_writes_a_peft_adapter(tmp_path, tin
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
 
-    PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny_dir), out)
+    tuned = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tiny_dir), out).eval()
+    assert main(["merge", "--adapter", str(out), "--output", str(tmp_path / "merged")]) == 0
+    merged = JanusForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[1, 5, 9, 14, 20]])
+    with torch.no_grad():
+        assert torch.allclose(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
 
 
 def test_resume_equals_straight_run(tmp_path):
