@@ -123,7 +123,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.ratios = resolve_ratios(ratios, {t: len(d) for t, d in datasets.items()})
         sizes = {t: len(d) for t, d in datasets.items() if len(d) and self.ratios.get(t, 0) > 0}
         # CFG dropout blanks caption ids in place, so a sample's length is known before it is built.
-        lengths = ({t: [len(e.input_ids) for e in datasets[t].examples] for t in sizes}
+        lengths = ({t: datasets[t].lengths().tolist() for t in sizes}
                    if group_by_length else None)
         self.schedule = build_schedule(sizes, self.ratios, global_batch, n_steps, seed, lengths)
 

@@ -62,6 +62,8 @@ class DataArgs:
     packing: bool = opt(False, "pack samples into padding-free rows (position ids restart per sample)")
     group_by_length: bool = opt(False, "without packing: order each step's samples by length so micro-batches pad less")
     code_cache: str | None = opt(None, "directory of the VQ code cache (default: $JANUS_FT_CACHE/vq_codes)")
+    num_proc: int | None = opt(None, "processes validating and tokenizing records into the prepared-data cache "
+                                     "(default: one per CPU core)")
 
 
 @dataclass
