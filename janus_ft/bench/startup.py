@@ -3,8 +3,8 @@ N synthetic records, and how much memory each process holds meanwhile.
 
 The records are half understanding (each showing one of 2,000 small PNGs) and half text, in one
 JSONL file. Each measurement is a fresh `janus-ft sft` process (or `torchrun` with 2 ranks) on the
-tiny model with `train.max_steps=1`: wall time from launch to exit (the first step, plus writing a
-tiny adapter), `cold` with no prepared-data cache, `warm` with the cache the previous run left. The
+tiny model for one epoch, stopped once step 1 is logged: wall time from launch to that line, `cold`
+with no prepared-data cache, `warm` with the cache the previous run left. The
 peak RSS (`VmHWM`) of every process is sampled from /proc while it runs: the training ranks, and
 separately the workers `datasets.map` forks to prepare the rows. Each rank's log says whether it
 prepared the rows or read them from the cache, so 2 ranks preparing twice would show.
@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -56,8 +57,10 @@ def sft_command(data: Path, out: Path, ranks: int) -> list[str]:
 
     recipe = {"model": {"path": "tiny"}, "data": {"train": [{"path": str(data)}]},
               "lora": {"r": 4, "alpha": 8},
-              "train": {"max_steps": 1, "per_device_train_batch_size": 2, "save_steps": 1000, "disable_tqdm": True,
-                        "overwrite_output_dir": True},
+              # One epoch: the schedule of the whole run is built, as in a real start; the run is
+              # stopped once step 1 is logged.
+              "train": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "logging_steps": 1,
+                        "save_steps": 10**9, "disable_tqdm": True, "overwrite_output_dir": True},
               "output_dir": str(out)}
     path = out.with_name(out.name + ".yaml")
     path.write_text(yaml.safe_dump(recipe))
@@ -70,21 +73,33 @@ def measure(cmd: list[str], env: dict) -> dict:
     """Run `cmd`; wall seconds, peak RSS of each training process and of the preparing workers, and
     what its ranks said about the prepared rows."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     peaks: dict[int, tuple[int, int]] = {}   # pid -> (parent pid, VmHWM in KiB)
     log: list[str] = []
+    first_step: list[float] = []
 
-    reader = threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True)
+    def read():
+        for line in proc.stdout:
+            log.append(line)
+            if line.startswith("step 1/") and not first_step:
+                first_step.append(time.monotonic() - started)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while proc.poll() is None:
         for pid, parent, hwm in _tree(proc.pid):
             peaks[pid] = (parent, max(hwm, peaks.get(pid, (0, 0))[1]))
+        if first_step:
+            os.killpg(proc.pid, signal.SIGKILL)   # the process group this call started, nothing else
+            proc.wait()
+            break
         time.sleep(0.05)
-    seconds = time.monotonic() - started
     reader.join()
     text = "".join(log)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    if not first_step:
+        raise RuntimeError(f"{' '.join(cmd)} ended ({proc.returncode}) before step 1:\n{text[-3000:]}")
+    seconds = first_step[0]
     # Training ranks are janus_ft processes whose parent is not one; `datasets.map` workers are
     # forked from a rank (same command line, parent a janus_ft process).
     cli = {pid for pid in peaks if "janus_ft.cli" in _CMDLINES.get(pid, "")
@@ -119,11 +134,10 @@ def _tree(root: int) -> list[tuple[int, int, int]]:
     while todo:
         pid = todo.pop()
         if pid in stats:
-            if pid not in _CMDLINES:
-                try:
-                    _CMDLINES[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                except OSError:
-                    _CMDLINES[pid] = ""
+            try:   # read every time: a pid is reused, and a forked child execs after its first look
+                _CMDLINES[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                pass
             out.append((pid, *stats[pid]))
         todo += children.get(pid, [])
     return out
@@ -141,15 +155,15 @@ def startup_benchmark(n: int, ranks: list[int], work: Path) -> dict:
             if state == "cold":
                 shutil.rmtree(cache_root() / "prepared", ignore_errors=True)
             result = measure(sft_command(data, work / f"out-{n}-{r}", r), env)
-            results.append({"records": n, "ranks": r, "cache": state, **result})
-    return {"records": n, "load": os.getloadavg(), "cpus": os.cpu_count(), "runs": results}
+            results.append({"records": n, "ranks": r, "cache": state, "load_before": os.getloadavg()[0], **result})
+    return {"records": n, "cpus": os.cpu_count(), "runs": results}
 
 
 def format_startup(report: dict) -> str:
     lines = ["| records | ranks | cache | seconds to first step | peak RSS per rank (MB) | peak RSS per worker (MB) "
-             "| ranks that prepared / read the cache |", "|---|---|---|---|---|---|---|"]
+             "| ranks that prepared / read the cache | load average before |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         lines.append(f"| {r['records']:,} | {r['ranks']} | {r['cache']} | {r['seconds']} | "
                      f"{', '.join(map(str, r['rank_peak_rss_mb']))} | {r['worker_peak_rss_mb']} | "
-                     f"{r['prepared']} / {r['read_from_cache']} |")
-    return "\n".join(lines) + f"\nload average before: {report['load']}"
+                     f"{r['prepared']} / {r['read_from_cache']} | {r['load_before']:.1f} |")
+    return "\n".join(lines)
