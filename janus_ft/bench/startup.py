@@ -12,6 +12,7 @@ prepared the rows or read them from the cache, so 2 ranks preparing twice would 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,8 +74,7 @@ def measure(cmd: list[str], env: dict) -> dict:
     """Run `cmd`; wall seconds, peak RSS of each training process and of the preparing workers, and
     what its ranks said about the prepared rows."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, tuple[int, int]] = {}   # pid -> (parent pid, VmHWM in KiB)
     log: list[str] = []
     first_step: list[float] = []
@@ -88,10 +88,15 @@ def measure(cmd: list[str], env: dict) -> dict:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while proc.poll() is None:
-        for pid, parent, hwm in _tree(proc.pid):
+        tree = _tree(proc.pid)
+        for pid, parent, hwm in tree:
             peaks[pid] = (parent, max(hwm, peaks.get(pid, (0, 0))[1]))
         if first_step:
-            os.killpg(proc.pid, signal.SIGKILL)   # the process group this call started, nothing else
+            # Every process this run started, by id: torchrun puts its ranks in sessions of their
+            # own, so killing the launcher's group would leave them training (and the pipe open).
+            for pid, _, _ in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
             break
         time.sleep(0.05)
