@@ -44,7 +44,7 @@ def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None =
     are collected there and skipped; without, the first one raises."""
     records: list[Record] = []
     try:
-        rows = _jsonl_rows(src, seed) if source_kind(src) == "jsonl" else _dataset_rows(src, seed)
+        rows = jsonl_rows(src, seed) if source_kind(src) == "jsonl" else dataset_rows(src, seed)
         for where, fields in rows:
             try:
                 records.append(parse_record(fields(), Path(src.label), where))
@@ -124,10 +124,16 @@ def _constants(src: DataSource) -> dict[str, str]:
     return {k: getattr(src, k) for k in ("query", "response") if getattr(src, k) is not None}
 
 
-def _jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
+def jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
     if src.split or src.name:
         raise RecipeError(f"{src.path}: split and name select from a `datasets` source; a JSONL file has neither")
     path = Path(src.path)
+    if src.sample is None:   # the first lines, read as they come (a stream never holds the file)
+        for k, (number, text) in enumerate(read_lines(path)):
+            if src.max_samples is not None and k >= src.max_samples:
+                return
+            yield number, partial(jsonl_fields, text, path, number, src)
+        return
     lines = list(read_lines(path))   # a missing, unreadable or empty file is a BadRecord here
     for i in taken_rows(len(lines), src, seed):
         number, text = lines[i]
@@ -138,7 +144,7 @@ def jsonl_fields(text: str, path: Path, number: int, src: DataSource):
     return map_fields(decode_line(text, path, number), src.columns, _constants(src))
 
 
-def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
+def dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
     dataset, base = open_dataset(src)
     if len(dataset) == 0:
         raise BadRecord(src.label, None, None, "no records: the dataset has no rows")

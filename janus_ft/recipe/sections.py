@@ -64,6 +64,9 @@ class DataArgs:
     code_cache: str | None = opt(None, "directory of the VQ code cache (default: $JANUS_FT_CACHE/vq_codes)")
     num_proc: int | None = opt(None, "processes validating and tokenizing records into the prepared-data cache "
                                      "(default: one per CPU core)")
+    streaming: bool = opt(False, "read, check and tokenize data.train records as training consumes them (no cache; "
+                                 "needs data.mix and train.max_steps)")
+    max_bad_records: int = opt(100, "with streaming: bad records skipped before the run stops")
 
 
 @dataclass

@@ -100,7 +100,9 @@ def read_data(recipe: Recipe, processor, fmt: str) -> tuple:
     record is an error (all bad images listed at once); so is a task with a ratio and no records."""
     d = recipe.data
     tokenization = Tokenization(processor, fmt, d.system_prompt, d.last_turn_only)
-    train_rows, val_rows = (prepare(s, recipe.train.seed, tokenization, d.num_proc) for s in (d.train, d.val))
+    # Streamed training records are read as training consumes them (`data.stream`).
+    train_rows, val_rows = (prepare(s, recipe.train.seed, tokenization, d.num_proc) if s is not d.train or not d.streaming
+                            else None for s in (d.train, d.val))
     bad = [e for rows in (train_rows, val_rows) if rows is not None for e in errors_of(rows)]
     records = [e for e in bad if not (e.field or "").startswith("images[")]
     if records:
@@ -108,8 +110,9 @@ def read_data(recipe: Recipe, processor, fmt: str) -> tuple:
     if bad:
         shown = "\n  ".join(str(e) for e in bad[:10])
         raise UserError(f"{len(bad)} bad image reference(s){' (first 10)' if len(bad) > 10 else ''}:\n  {shown}")
-    sizes = {t: len(i) for t, i in task_indices(train_rows).items()} if train_rows is not None else {}
-    require_tasks({t: range(sizes.get(t, 0)) for t in d.mix}, d.mix)
+    if not d.streaming:
+        sizes = {t: len(i) for t, i in task_indices(train_rows).items()} if train_rows is not None else {}
+        require_tasks({t: range(sizes.get(t, 0)) for t in d.mix}, d.mix)
     return train_rows, val_rows
 
 
@@ -131,10 +134,18 @@ def claim_output_dir(recipe: Recipe) -> str | None:
     return on_main_process(claim)
 
 
-def training_schedule(recipe: Recipe, train_sets: dict) -> tuple[MixtureDataset, int, int]:
-    """(mixture, global batch, optimizer steps): the schedule in blocks of one global batch."""
-    t = recipe.train
+def training_schedule(recipe: Recipe, train_sets: dict, processor=None, fmt: str = "janus-pro") -> tuple:
+    """(mixture, global batch, optimizer steps): the schedule in blocks of one global batch; with
+    data.streaming, over the records of data.train as they are read."""
+    t, d = recipe.train, recipe.data
     global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
+    if d.streaming:
+        from ..data.stream import StreamingMixture
+
+        if t.max_steps <= 0:
+            raise RecipeError("data.streaming needs train.max_steps: a stream's length is not known ahead")
+        return StreamingMixture(d.train, processor, fmt, d.mix, global_batch, t.max_steps, t.seed, d.max_length,
+                                d.system_prompt, d.last_turn_only, d.max_bad_records), global_batch, t.max_steps
     sizes = {task: len(ds) for task, ds in train_sets.items()}
     steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
                                                                   t.num_train_epochs)
@@ -168,8 +179,9 @@ def run_sft(recipe: Recipe) -> SftResult:
     train_rows, val_rows = read_data(recipe, processor, fmt)
     resume_from = claim_output_dir(recipe)
     model, processor = load_model_and_processor(recipe.model)
-    train_sets = build_datasets(train_rows, model, processor, recipe, fmt)
-    require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
+    train_sets = build_datasets(train_rows, model, processor, recipe, fmt) if train_rows is not None else {}
+    if train_rows is not None:
+        require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
     val_sets = build_datasets(val_rows, model, processor, recipe, fmt) if val_rows is not None else {}
 
     # LoRA's A matrices are drawn now, before the Trainer seeds anything: seed here, or the same
@@ -178,7 +190,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     model = apply_lora(model, recipe.lora)
     logger.info("trainable parameters:\n" + trainable_table(model))
 
-    mixture, global_batch, steps = training_schedule(recipe, train_sets)
+    mixture, global_batch, steps = training_schedule(recipe, train_sets, processor, fmt)
     eval_set = _concat(list(val_sets.values()))
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
@@ -194,6 +206,8 @@ def run_sft(recipe: Recipe) -> SftResult:
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     train(trainer, resume_from, stopper)
+    if getattr(mixture, "bad", 0):
+        logger.warning(f"{mixture.bad} bad record(s) skipped in the stream (data.max_bad_records={recipe.data.max_bad_records})")
     if trainer.skipped_batches:
         logger.warning(f"{trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
