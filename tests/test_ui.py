@@ -274,3 +274,32 @@ def test_a_missing_adapter_fails_with_a_clear_error(tiny_dir, tmp_path):
         bench.add_adapter(tmp_path / "empty")
     assert bench.names == ["base"]
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_janus_ft_ui_serves_the_page(tiny_dir, differ, demo_run):
+    """The command itself: it loads the base and adapters and serves the page on the given port."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    need("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "janus_ft.cli", "ui", "--model", str(tiny_dir), "--adapter", str(differ),
+                             "--runs", str(demo_run.parent), "--port", str(port)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, config = time.monotonic() + 120, None
+        while config is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+        assert "differ" in config and "Side by side" in config and str(demo_run) in config
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
