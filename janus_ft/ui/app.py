@@ -17,7 +17,7 @@ from PIL import Image
 from ..errors import UserError
 from ..infer.chat import Decoding
 from ..janus import CFG_SCALE, DEFAULT_SYSTEM_PROMPT
-from .runs import find_runs, loss_plot, metrics_table, read_run
+from .runs import STATE, find_runs, loss_plot, metrics_table, read_run
 from .session import BASE, Workbench, out_of_memory_message
 
 
@@ -75,7 +75,9 @@ def build_app(bench: Workbench, runs_root: str | Path | None = None):
     import pandas as pd
 
     plots = Path(tempfile.mkdtemp(prefix="janus-ft-ui-"))
-    run_choices = [str(p) for p in find_runs(runs_root)]
+    # the runs under --runs, then the adapters that are run directories themselves
+    run_choices = list(dict.fromkeys(str(p) for p in [*find_runs(runs_root), *bench.adapters.values()]
+                                     if (Path(p) / STATE).is_file()))
 
     with gr.Blocks(title="janus-ft") as app:
         gr.Markdown(f"## janus-ft · `{bench.model_path}` with adapters: "
@@ -139,7 +141,7 @@ def build_app(bench: Workbench, runs_root: str | Path | None = None):
                     sbs_prompt = gr.Textbox(label="prompt (a question, or a caption to draw)", elem_id="sbs-prompt")
                     sbs_image = gr.File(label="image (for questions)", file_types=["image"], height=120, elem_id="sbs-image")
                     with gr.Row():
-                        sbs_max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens")
+                        sbs_max_new = gr.Slider(1, 1024, value=64, step=1, label="max new tokens", elem_id="sbs-max-new")
                         sbs_seed = gr.Number(0, precision=0, label="seed (the same for every model)")
                     with gr.Row():
                         ask = gr.Button("Answer", variant="primary", elem_id="sbs-answer")
