@@ -198,12 +198,16 @@ def test_runs_tab_shows_the_demo_runs_curve_metrics_and_grids(page, demo_run):
     page.screenshot(path=str(ARTIFACTS / "runs.png"), full_page=True)
 
 
-def test_errors_show_on_the_page_and_the_server_keeps_serving(page, tmp_path):
+def test_errors_show_on_the_page_and_the_server_keeps_serving(page, server, differ, tmp_path):
     open_tab(page, "Side by side")
     page.fill("#sbs-adapter-path textarea", str(tmp_path / "no-such-adapter"))
     page.click("#sbs-adapter-load")
     page.get_by_text("no such directory").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "error.png"))
+    page.fill("#sbs-adapter-path textarea", str(differ))          # a real one loads from the page
+    page.click("#sbs-adapter-load")
+    page.locator("#sbs-models").get_by_text("differ-2").wait_for()
+    assert server[1].names == ["base", "demo", "differ", "differ-2"]
     bad = tmp_path / "not-an-image.png"
     bad.write_bytes(b"this is text, not a PNG")
     page.locator("#sbs-image input[type=file]").set_input_files(str(bad))
