@@ -223,6 +223,20 @@ def test_errors_show_on_the_page_and_the_server_keeps_serving(page, server, diff
     assert page.inner_text("#chat-log [data-testid=bot]").strip()
 
 
+def test_sampled_answers_equal_janus_ft_chat_with_the_same_seed(server, tiny_dir, demo_run, capsys):
+    """What the chat tab streams, last value, for a sampled answer with a system prompt: the CLI's answer."""
+    from janus_ft.infer.chat import Decoding
+
+    bench, system = server[1], "Answer in one word."
+    record = bench.record(QUESTION, [str(IMAGE)], system)
+    shown = list(bench.stream("demo", record, Decoding(24, 0.9, 0.95, 5, system)))[-1]
+    capsys.readouterr()
+    assert main(["chat", "--model", str(tiny_dir), "--adapter", str(demo_run), "--image", str(IMAGE), "--prompt", QUESTION,
+                 "--system", system, "--max-new-tokens", "24", "--temperature", "0.9", "--top-p", "0.95",
+                 "--seed", "5", "--no-stream"]) == 0
+    assert shown == capsys.readouterr().out.strip() and shown
+
+
 def test_page_errors_translate_user_errors_and_out_of_memory():
     gr = need("gradio")
     from janus_ft.ui.app import history_pairs, shown
