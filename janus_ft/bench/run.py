@@ -335,7 +335,11 @@ def run_child(args, name: str, peak: float) -> dict:
                "--peak-flops", repr(peak), "--json", str(out)]
         if args.random_model:
             cmd += ["--random-model", args.random_model]
-        if subprocess.run(cmd).returncode != 0:
+        code = subprocess.run(cmd).returncode
+        if code == 2:   # bad input: the child has printed the message naming it
+            from ..errors import UserError
+            raise UserError(f"benchmark variant {name!r} stopped on the input above")
+        if code != 0:
             raise RuntimeError(f"benchmark variant {name!r} failed (command: {' '.join(cmd)})")
         return json.loads(out.read_text())["variants"][0]
 
