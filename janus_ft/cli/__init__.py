@@ -27,6 +27,7 @@ COMMANDS = {
     "generate": ("janus_ft.cli.generate", "text-to-image with classifier-free guidance"),
     "eval": ("janus_ft.cli.eval", "per-task validation loss and task metrics"),
     "bench": ("janus_ft.cli.bench", "training throughput, memory and MFU of a recipe, with comparisons"),
+    "grpo": ("janus_ft.cli.grpo", "reinforcement learning (GRPO) with LoRA and reward functions in Python"),
 }
 
 
