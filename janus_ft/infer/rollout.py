@@ -37,12 +37,14 @@ class Rollout:
 
 @torch.no_grad()
 def sample_text(model, processor, record: Record, fmt: str, n: int, temperature: float = 1.0, top_p: float = 1.0,
-                max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None) -> Rollout:
-    """`n` sampled answers to a text / understanding record's last question."""
+                max_new_tokens: int = 256, seed: int = 0, system_prompt: str | None = None, top_k: int = 0) -> Rollout:
+    """`n` sampled answers to a text / understanding record's last question. `top_k=0` samples the
+    whole distribution (transformers' default of 50 would never draw an answer the policy ranks lower,
+    however much the reward wants it)."""
     inputs = record_inputs(processor, record, fmt, system_prompt)
     tok = processor.tokenizer
     torch.manual_seed(seed)
-    out = model.generate(**to_model(inputs, model), do_sample=True, temperature=temperature, top_p=top_p,
+    out = model.generate(**to_model(inputs, model), do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
                          max_new_tokens=max_new_tokens, max_length=None, num_return_sequences=n,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     prompt = inputs["input_ids"][0].tolist()

@@ -30,6 +30,7 @@ class GrpoArgs:
     max_completion_length: int = _opt(256, "longest text answer sampled, in tokens (images are always N codes)")
     temperature: float = _opt(1.0, "sampling temperature, text and images")
     top_p: float = _opt(1.0, "nucleus sampling for text answers")
+    top_k: int = _opt(0, "top-k sampling for text answers (0: off, the whole distribution)")
     guidance_scale: float = _opt(CFG_SCALE, "classifier-free guidance when sampling images (as janus-ft generate --cfg)")
     beta: float = _opt(0.0, "weight of the KL to the reference (the base model: adapter disabled); 0 skips it")
     epsilon: float = _opt(0.2, "ratio clip: [1 - epsilon, 1 + epsilon_high]")

@@ -70,7 +70,7 @@ class Sampler:
             return sample_images(model, self.processor, prompt.record.caption, self.fmt, n, g.guidance_scale,
                                  g.temperature, seed)
         return sample_text(model, self.processor, prompt.record, self.fmt, n, g.temperature, g.top_p,
-                           g.max_completion_length, seed, self.system_prompt)
+                           g.max_completion_length, seed, self.system_prompt, g.top_k)
 
     @torch.no_grad()
     def sample(self, model, prompts: list[Prompt], n: int, seeds: list[int]) -> Scored:

@@ -75,6 +75,15 @@ def accuracy(prompts, completions, solution=None, **fields) -> list[float]:
     return out
 
 
+def similarity(prompts, completions, solution=None, **fields) -> list[float]:
+    """1 - character error rate against `solution`, floored at 0 (a dense reward: partly right
+    answers score above wrong ones, which helps a policy that rarely samples the exact answer)."""
+    from ..eval.metrics import cer
+
+    return [0.0 if s is None else max(0.0, 1.0 - cer(_normalise(c), _normalise(s)))
+            for c, s in zip(completions, solution or [None] * len(completions))]
+
+
 def _same(a: str, b: str) -> bool:
     try:
         return math.isclose(float(a), float(b))
@@ -126,8 +135,8 @@ def colour_match(prompts, completions, colour=None, **fields) -> list[float]:
     return out
 
 
-BUILTINS = {"exact_match": exact_match, "accuracy": accuracy, "format": format_match, "colour": colour_match,
-            "color": colour_match}
+BUILTINS = {"exact_match": exact_match, "accuracy": accuracy, "similarity": similarity, "format": format_match,
+            "colour": colour_match, "color": colour_match}
 
 
 # ---- loading -----------------------------------------------------------------------------------
@@ -197,13 +206,14 @@ def _load_file(target: str, where: str, base: Path | None):
 
 
 def _takes_two(fn) -> bool:
+    """Whether `fn` can be called as fn(prompts, completions, ...): two positional parameters (or *args)."""
     try:
-        inspect.signature(fn).bind(None, None)
-    except TypeError:
-        return False
+        params = inspect.signature(fn).parameters.values()
     except ValueError:   # no signature (a builtin): trust it
         return True
-    return True
+    kinds = [p.kind for p in params]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    return positional >= 2 or inspect.Parameter.VAR_POSITIONAL in kinds
 
 
 # ---- scoring -----------------------------------------------------------------------------------
