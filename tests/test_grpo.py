@@ -43,6 +43,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
           f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
     assert after - before > 0.05
     assert (tmp_path / "run/samples/step-12.png").is_file() and (tmp_path / "run/adapter_model.safetensors").is_file()
+    assert (tmp_path / "run/reward.png").is_file()
     train = [e for e in history if "reward" in e]
     assert {"rewards/colour/mean", "rewards/colour/std", "reward_std", "kl", "clip_ratio/region_mean"} <= set(train[0])
 

@@ -123,6 +123,8 @@ def run_grpo(recipe: Recipe) -> GrpoResult:
                                for e in trainer.state.log_history):
         trainer.evaluate()
     save_outputs(trainer, processor, out)
+    if trainer.is_world_process_zero():
+        plot_rewards(trainer.state.log_history, out / "reward.png")
     logger.info(reward_summary(trainer.state.log_history, trainer.state.global_step, time.monotonic() - started, out))
     return GrpoResult(out, trainer.model, trainer.state.log_history)
 
@@ -135,7 +137,29 @@ def reward_summary(log_history: list[dict], steps: int, seconds: float, out: Pat
 
     parts = [f"{label} {span}" for label, span in (("reward (train)", first_last("reward")),
                                                    ("held-out", first_last("eval_reward"))) if span]
-    return f"{steps} steps in {seconds:.0f} s; " + ", ".join(parts) + f"; adapter, processor, recipe.yaml in {out}"
+    return f"{steps} steps in {seconds:.0f} s; " + ", ".join(parts) + f"; adapter, processor, recipe.yaml, reward.png in {out}"
+
+
+def plot_rewards(log_history: list[dict], path: Path) -> Path:
+    """`reward.png`: the mean reward of the sampled batches and of the held-out prompts, per step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, style in (("reward", {"color": "black", "label": "training batches"}),
+                       ("eval_reward", {"color": "tab:red", "linestyle": "--", "marker": "o", "label": "held-out prompts"})):
+        points = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+        if points:
+            ax.plot(*zip(*points), **style)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (weighted sum of the reward functions)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 class GrpoConsole(ConsoleCallback):

@@ -224,9 +224,8 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         n = self.g.num_generations_eval or self.g.num_generations
         model = self.accelerator.unwrap_model(self.model)
         metrics = evaluate_rewards(self.sampler, model, self.eval_prompts, n, self.seed)
-        grid = self._grid(model) if self.is_world_process_zero() else None
-        if grid is not None:
-            metrics["eval_samples"] = str(grid)
+        if self.is_world_process_zero():
+            self._grid(model)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
