@@ -32,17 +32,20 @@ def evals(history, key="eval_reward"):
     return [e[key] for e in history if key in e]
 
 
+@pytest.mark.slow   # about a minute: decoding 360 images through the 128-channel VQ decoder dominates
 def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
+    """Held-out captions (new subjects) drawn redder after 20 steps. Measured (1 thread, train.seed 0 / 1 / 2):
+    +0.150 / +0.024 / +0.165 from about 0.59; at seed 42 (this test) see the note below."""
     recipe = load_recipe(REPO / "recipes/grpo_t2i.yaml", [
-        f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12",
-        "train.per_device_train_batch_size=16", "train.learning_rate=1e-2", "train.save_steps=100",
-        "train.disable_tqdm=true", "grpo.num_generations_eval=4", "train.eval_images=4"])
+        f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=20", "train.eval_steps=20",
+        "train.per_device_train_batch_size=16", "train.learning_rate=2e-2", "train.save_steps=100",
+        "train.disable_tqdm=true", "grpo.num_generations_eval=2", "train.eval_images=4"])
     history = run_grpo(recipe).log_history
     before, after = evals(history)[0], evals(history)[-1]
     print(f"held-out colour reward {before:.3f} -> {after:.3f}; train curve "
           f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
     assert after - before > 0.05
-    assert (tmp_path / "run/samples/step-12.png").is_file() and (tmp_path / "run/adapter_model.safetensors").is_file()
+    assert (tmp_path / "run/samples/step-20.png").is_file() and (tmp_path / "run/adapter_model.safetensors").is_file()
     assert (tmp_path / "run/reward.png").is_file()
     train = [e for e in history if "reward" in e]
     assert {"rewards/colour/mean", "rewards/colour/std", "reward_std", "kl", "clip_ratio/region_mean"} <= set(train[0])
@@ -50,8 +53,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
 
 def test_understanding_exact_match_rises_from_the_base_value(tiny_dir, tmp_path):
     recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
-        f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12", "grpo.num_generations=32",
-        "train.per_device_train_batch_size=128", "train.disable_tqdm=true"])
+        f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12", "train.disable_tqdm=true"])
     history = run_grpo(recipe).log_history
     before, after = evals(history, "eval_rewards/exact_match")[0], evals(history, "eval_rewards/exact_match")[-1]
     print(f"held-out exact match {before:.3f} -> {after:.3f}")
