@@ -128,3 +128,16 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
     for step in (3, 4):
         assert b[step]["reward"] == pytest.approx(a[step]["reward"], abs=1e-6)
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grpo_t2i.yaml", "grpo_format.yaml"])
+def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
+    from janus_ft.recipe.grpo import check_grpo
+    from janus_ft.train.grpo import grpo_arguments
+
+    recipe = load_recipe(REPO / "recipes" / name, [f"output_dir={tmp_path}"])
+    check_grpo(recipe.grpo, recipe.train.per_device_train_batch_size, 1, 1)
+    args = grpo_arguments(recipe, 5, has_eval=True)
+    # The Trainer's batch is prompts: each brings num_generations completions.
+    assert args.per_device_train_batch_size * recipe.grpo.num_generations == recipe.train.per_device_train_batch_size
+    assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
