@@ -39,15 +39,17 @@ _TEXT_FIELDS = ("query", "response", "messages")
 _BATCH = 1024   # rows converted to Python at a time: bounded memory for sources of any size
 
 
-def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None = None) -> list[Record]:
+def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None = None,
+                parse: Callable = parse_record) -> list[Record]:
     """The records of one source. With `errors`, bad records (and a source that cannot be read)
-    are collected there and skipped; without, the first one raises."""
+    are collected there and skipped; without, the first one raises. `parse(fields, path, where)`
+    validates a row (`records.parse_record`; preference pairs: `preference.parse_pair`)."""
     records: list[Record] = []
     try:
         rows = jsonl_rows(src, seed) if source_kind(src) == "jsonl" else dataset_rows(src, seed)
         for where, fields in rows:
             try:
-                records.append(parse_record(fields(), Path(src.label), where))
+                records.append(parse(fields(), Path(src.label), where))
             except BadRecord as err:
                 if errors is None:
                     raise

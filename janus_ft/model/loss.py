@@ -111,6 +111,16 @@ def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts
     where targets and images sit; nothing here waits for the device to report a count, so a GPU
     step is queued without a host sync. A batch without a plan gets one here.
     """
+    targets, token_losses = target_losses(model, batch, input_grad)
+    tasks = batch["task_ids"].flatten().index_select(0, targets)
+    task_sums = token_losses.new_zeros(len(TASK_IDS), 2).index_add_(
+        0, tasks, torch.stack([token_losses.detach(), torch.ones_like(token_losses)], 1))
+    return LossParts(token_losses.sum(), len(targets), task_sums)
+
+
+def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions of the targets, their token losses): text targets first, then image codes,
+    each in row-major order. A token loss is minus the log-probability of the target."""
     core = core_model(model)
     plan = batch.get("loss_plan") or loss_plan(batch, core.config.image_token_id)
     # Flat positions (row x length) of the targets; position t predicts t + 1, in the same row
@@ -138,10 +148,7 @@ def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts
     finally:
         for hook in hooks:
             hook.remove()
-    labels, targets = batch["labels"].flatten(), torch.cat([text, gen])
+    labels = batch["labels"].flatten()
     token_losses = torch.cat([F.cross_entropy(text_logits.float(), labels.index_select(0, text), reduction="none"),
                               F.cross_entropy(gen_logits.float(), labels.index_select(0, gen), reduction="none")])
-    tasks = batch["task_ids"].flatten().index_select(0, targets)
-    task_sums = token_losses.new_zeros(len(TASK_IDS), 2).index_add_(
-        0, tasks, torch.stack([token_losses.detach(), torch.ones_like(token_losses)], 1))
-    return LossParts(token_losses.sum(), len(targets), task_sums)
+    return torch.cat([text, gen]), token_losses

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import RecipeError
+from .grpo import GrpoArgs, UnsupportedGrpoFields
 from .sections import DataSource, Recipe, TrainArgs
 from .validate import validate
 
@@ -82,6 +83,7 @@ OWNED_TRAIN_FIELDS = {
 # Sections that pass TRL config fields through: section -> (its dataclass, TRL's config class, the
 # fields janus_ft sets itself). A trainer's section joins here.
 TRL_SECTIONS = {"train": (TrainArgs, "SFTConfig", OWNED_TRAIN_FIELDS)}
+TRL_SECTIONS["grpo"] = (GrpoArgs, "GRPOConfig", UnsupportedGrpoFields())
 
 
 def lift_trl_fields(raw: dict, section: str, own_cls, config: str, owned: dict) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..janus import COMPONENTS
+from .grpo import GrpoArgs
 
 
 def opt(default, help_text: str, **kw):
@@ -120,6 +121,7 @@ class Recipe:
     data: DataArgs = field(default_factory=DataArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    grpo: GrpoArgs = field(default_factory=GrpoArgs)
     output_dir: str = "runs/janus-ft"
     source: str | None = field(default=None, metadata={"internal": True})
 
