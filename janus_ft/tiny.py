@@ -76,7 +76,7 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
         chat_template=chat_template(user, assistant))
 
 
-def tiny_config(tokenizer, llm: str | None = None):
+def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
     """The tiny model's config; `llm` names a `SIZE_PRESETS` entry whose language-model sizes replace
     the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that conditions on its prompt)."""
     from transformers import (
@@ -100,7 +100,7 @@ def tiny_config(tokenizer, llm: str | None = None):
         patch_size=PATCH_SIZE, projection_dim=hidden, num_image_tokens=n_tokens)
     # VQ downsamples by 2**(len(multiplier)-1) = 16: 64 px -> 4x4 codes, matching the vision path.
     vq = JanusVQVAEConfig(
-        embed_dim=8, num_embeddings=CODEBOOK_SIZE, latent_channels=32, base_channels=32,
+        embed_dim=8, num_embeddings=CODEBOOK_SIZE, latent_channels=32, base_channels=vq_channels,
         channel_multiplier=[1, 1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
         image_token_embed_dim=hidden)
     # The original LM head is separate from the input embeddings (docs/janus.md, original layout).
@@ -159,9 +159,15 @@ def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = P
                           num_image_tokens=(image_size // patch_size) ** 2)
 
 
-def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, llm: str | None = None) -> Path:
-    """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`;
-    `llm` (a `SIZE_PRESETS` name, e.g. "mid") gives it a larger language model (see `tiny_config`)."""
+def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, vq_channels: int = 32,
+               llm: str | None = None) -> Path:
+    """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`.
+
+    `vq_channels` (a multiple of 32): the VQ decoder's width. At 32 every GroupNorm group holds one
+    channel, which erases a channel's mean: every code decodes to nearly the same colour (image
+    rewards cannot tell samples apart). At 128 random codes decode to visibly different colours,
+    which is what a colour reward needs (`recipes/grpo_t2i.yaml`). `llm` (a `SIZE_PRESETS` name,
+    e.g. "mid") gives it a larger language model (see `tiny_config`)."""
     from transformers import JanusForConditionalGeneration
 
     if fmt not in ("janus-pro", "janus"):
@@ -170,17 +176,32 @@ def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, ll
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(fmt)
     torch.manual_seed(seed)
-    config = tiny_config(tokenizer, llm)
+    config = tiny_config(tokenizer, vq_channels, llm)
     # Real checkpoints have trained heads with large logits; a 64-wide random model initialised at
     # std 0.02 cannot produce a confident token through its final RMSNorm and frozen lm_head, so
     # LoRA could never fit anything. Initialise the Janus-level weights wider instead.
     config.initializer_range = 0.1
     model = JanusForConditionalGeneration(config)
+    if vq_channels != 32:
+        _widen_decoder(model)
     model.generation_config = generation_config(tokenizer)
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
-    (out / "janus_ft_tiny.json").write_text(json.dumps({"format": fmt, "seed": seed} | ({"llm": llm} if llm else {})) + "\n")
+    note = {"format": fmt, "seed": seed} | ({"vq_channels": vq_channels} if vq_channels != 32 else {})
+    note |= {"llm": llm} if llm else {}
+    (out / "janus_ft_tiny.json").write_text(json.dumps(note) + "\n")
     return out
+
+
+def _widen_decoder(model, std: float = 0.1) -> None:
+    """Decoder convolutions drawn at std 0.1 (biases 0): at the default 0.02 the random decoder maps
+    every code sequence to almost the same mean colour."""
+    vq = model.model.vqmodel
+    with torch.no_grad():
+        for module in [vq.post_quant_conv, *vq.decoder.modules()]:
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.normal_(0, std)
+                module.bias.zero_()
 
 
 def tiny_path() -> Path:

@@ -99,3 +99,39 @@ def test_random_model_presets_have_the_real_architecture():
         assert config.vq_config.num_embeddings == 16384 and config.text_config.vocab_size == 102400
         assert config.image_token_id == tokenizer.convert_tokens_to_ids("<image_placeholder>")
     assert 2.0e9 < sizes["janus-pro-1b"] < 2.1e9 and 7.3e9 < sizes["janus-pro-7b"] < 7.5e9
+
+
+def test_startup_bench_data_and_its_stop_at_step_one(tmp_path):
+    """`bench --startup`: the synthetic records (half understanding over a pool of images, half
+    text), and a run stopped, with every process it started, once `step 1/` is printed."""
+    import json
+    import os
+    import sys
+    import time
+
+    from janus_ft.bench.startup import measure, synthetic_records
+
+    path = synthetic_records(tmp_path, 6, n_images=2, size=16)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [("images" in r) for r in rows] == [True, False] * 3
+    assert sorted({r["images"][0] for r in rows if "images" in r}) == ["images/00000.png", "images/00001.png"]
+    assert all((tmp_path / r["images"][0]).is_file() for r in rows if "images" in r)
+    pid_file = tmp_path / "grandchild.pid"
+    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(1); print('step 1/9', flush=True); time.sleep(60)")
+    started = time.monotonic()
+    result = measure([sys.executable, "-c", child], dict(os.environ))
+    assert time.monotonic() - started < 30 and 1 <= result["seconds"] < 30
+    assert result["prepared"] == 0 and result["rank_peak_rss_mb"] == []
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+
+    def running() -> bool:   # the grandchild is gone too (or a zombie waiting to be reaped)
+        try:
+            return "State:\tZ" not in status.read_text()
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running()

@@ -96,6 +96,13 @@ def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path,
     # other reads what it wrote.
     counts = sorted(map(tuple, re.findall(r"VQ codes for 16 image\(s\): (\d+) cached, (\d+) encoded", stdout)))
     assert counts == [("0", "16"), ("16", "0")], stdout
+    # Prepared rows likewise: per source, at most one rank prepares them (none when the single run
+    # left them cached); every other rank reads them from the cache.
+    said: dict[str, list[str]] = {}
+    for source, how in re.findall(r"(\S+): \d+ record\(s\) (prepared|read from the cache)", stdout):
+        said.setdefault(source, []).append(how)
+    assert said and all(sorted(h) in (["prepared", "read from the cache"], ["read from the cache"] * 2)
+                        for h in said.values()), said
 
 
 @pytest.mark.slow

@@ -168,9 +168,10 @@ def test_every_command_has_help(capsys):
         assert "usage: janus-ft " + name in capsys.readouterr().out
 
 
-def test_without_data_mix_the_tasks_present_are_mixed_by_size():
+def test_without_data_mix_the_tasks_present_are_mixed_by_size(tiny_processor):
     """A recipe with one task's data and no data.mix trains on it (no ratios to zero first); an
     explicit ratio for a task without records stays an error."""
+    from janus_ft.data.prepared import task_indices
     from janus_ft.errors import UserError
     from janus_ft.train.sft import read_data, training_schedule
 
@@ -178,10 +179,11 @@ def test_without_data_mix_the_tasks_present_are_mixed_by_size():
              "train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2"]
     recipe = load_recipe(None, train)
     assert recipe.data.mix == {}
-    records, _ = read_data(recipe)
-    sets = {task: [r for r in records if r.task == task] for task in ("understanding", "text", "generation")}
+    rows, _ = read_data(recipe, tiny_processor, "janus-pro")
+    sets = {task: range(len(i)) for task, i in task_indices(rows).items()}
     mixture, global_batch, steps = training_schedule(recipe, sets)
     assert mixture.ratios == {"understanding": 48, "text": 24} and (global_batch, steps) == (8, 9)
     assert mixture.counts(len(mixture)) == {"understanding": 48, "text": 24, "generation": 0}
     with pytest.raises(UserError, match="data.mix gives task 'generation' ratio 4 but no generation records"):
-        read_data(load_recipe(None, train + ["data.mix={understanding: 5, text: 1, generation: 4}"]))
+        read_data(load_recipe(None, train + ["data.mix={understanding: 5, text: 1, generation: 4}"]), tiny_processor,
+                  "janus-pro")

@@ -201,7 +201,8 @@ def test_data_check_lists_every_bad_row(bad_parquet, capsys):
     path, missing = bad_parquet
     assert main(["data", "check", str(path), str(missing)]) == 2
     captured = capsys.readouterr()
-    assert f"{path}: 3 valid record(s): understanding 2, text 1, generation 0" in captured.out
+    # rows 1 (empty response) and 2 (broken image) are bad: counted as neither task
+    assert f"{path}: 2 valid record(s): understanding 1, text 1, generation 0" in captured.out
     bad = [line for line in captured.err.splitlines() if line.startswith("bad record: ")]
     assert bad[0] == f"bad record: {path}:row 1: field 'response': is empty"
     assert bad[1].startswith(f"bad record: {path}:row 2: field 'images[0]': cannot read image (")

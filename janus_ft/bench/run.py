@@ -123,14 +123,15 @@ class Setup:
     def __init__(self, recipe):
         from ..data.conversation import detect_format
         from ..data.dataset import build_datasets, require_tasks
-        from ..model.loading import load_model_and_processor
+        from ..model.loading import load_model_and_processor, load_processor
         from ..train.sft import read_data
 
-        records, _ = read_data(recipe)
+        processor = load_processor(recipe.model.path)
+        fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
+        records, _ = read_data(recipe, processor, fmt)
         self.model, self.processor = load_model_and_processor(recipe.model)
         if torch.cuda.is_available() and not getattr(self.model, "hf_device_map", None):
             self.model.to("cuda")   # VQ-encode the generation targets on the GPU, not the CPU
-        fmt = detect_format(self.processor) if recipe.model.format == "auto" else recipe.model.format
         self.train_sets = build_datasets(records, self.model, self.processor, recipe, fmt)
         require_tasks(self.train_sets, recipe.data.mix)
 
@@ -334,7 +335,11 @@ def run_child(args, name: str, peak: float) -> dict:
                "--peak-flops", repr(peak), "--json", str(out)]
         if args.random_model:
             cmd += ["--random-model", args.random_model]
-        if subprocess.run(cmd).returncode != 0:
+        code = subprocess.run(cmd).returncode
+        if code == 2:   # bad input: the child has printed the message naming it
+            from ..errors import UserError
+            raise UserError(f"benchmark variant {name!r} stopped on the input above")
+        if code != 0:
             raise RuntimeError(f"benchmark variant {name!r} failed (command: {' '.join(cmd)})")
         return json.loads(out.read_text())["variants"][0]
 

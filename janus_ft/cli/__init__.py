@@ -27,6 +27,8 @@ COMMANDS = {
     "generate": ("janus_ft.cli.generate", "text-to-image with classifier-free guidance"),
     "eval": ("janus_ft.cli.eval", "per-task validation loss and task metrics"),
     "bench": ("janus_ft.cli.bench", "training throughput, memory and MFU of a recipe, with comparisons"),
+    "ui": ("janus_ft.cli.ui", "a web page to chat, draw, compare adapters and watch runs"),
+    "grpo": ("janus_ft.cli.grpo", "reinforcement learning (GRPO) with LoRA and reward functions in Python"),
     "dpo": ("janus_ft.cli.dpo", "preference tuning (DPO / IPO) with LoRA on pairs of any task"),
 }
 

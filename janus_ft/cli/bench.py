@@ -13,7 +13,7 @@ from ..bench.run import COMPARISONS, benchmark, format_table
 def configure(parser) -> None:
     from ..tiny import SIZE_PRESETS
 
-    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("--recipe", help="recipe YAML (see recipes/); required unless --startup")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured (default 1)")
@@ -28,13 +28,27 @@ def configure(parser) -> None:
                         help="run all variants in this process (faster to start, but later variants find "
                              "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--startup", type=int, metavar="N",
+                        help="instead: time `janus-ft sft` to its first step on N synthetic records (half "
+                             "understanding, half text), cold and warm, with peak RSS per process")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="with --startup: rank counts (default 1 2)")
+    parser.add_argument("--work-dir", default="bench-startup", help="with --startup: where data and runs go")
     parser.add_argument("--variant", help=argparse.SUPPRESS)            # set for a child process
     parser.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
-    report = benchmark(args)
-    print(format_table(report))
+    from ..errors import UserError
+
+    if args.startup:
+        from ..bench.startup import format_startup, startup_benchmark
+        report = startup_benchmark(args.startup, args.ranks, Path(args.work_dir))
+        print(format_startup(report))
+    elif not args.recipe:
+        raise UserError("bench: give --recipe (or --startup N)")
+    else:
+        report = benchmark(args)
+        print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """`janus-ft data check` and `janus-ft data preview`: see what the model will learn from.
 
-`check` validates every record of every source (JSON, fields, image files, lengths) and prints
-counts per task; any bad record -> exit 2, each one listed with file:line (or source:row) and field.
+`check` validates every record of every source (JSON, fields, image files, lengths) in parallel, with
+a progress bar, into the prepared-data cache training then reads, and prints counts per task; any
+bad record -> exit 2, each one listed with file:line (or source:row) and field.
 `preview` renders records in the Janus format with the supervised spans marked, or as JSON (`task`,
 `text`, `input_ids`, `labels`); with `--recipe`, exactly as that recipe trains on them (its system
 prompt, turns, length limit). Both read any source a recipe can name (`janus_ft.data.sources`).
@@ -15,8 +16,7 @@ from collections import Counter
 
 from ..data.conversation import detect_format, render, render_text
 from ..data.dataset import JanusDataset, load_records
-from ..data.images import check_images
-from ..data.sources import DEFAULT_SEED, read_source
+from ..data.sources import DEFAULT_SEED
 from ..errors import BadRecord, UserError
 from ..janus import IGNORE_INDEX, TASKS
 from ..tiny import ensure_tiny
@@ -99,30 +99,42 @@ def _processor(model_path: str):
 
 
 def check(args) -> int:
+    """Every record of every source validated, rendered and tokenized in parallel (`data.prepared`,
+    one process per core, with a progress bar); the rows land in the cache training reads."""
+    from ..data.prepared import Tokenization, errors_of, prepare, task_indices
+
     sources, model, max_length = _sources(args.sources, args), args.model, args.max_length
-    cache_dir, seed = None, DEFAULT_SEED
+    cache_dir, seed, settings, num_proc = None, DEFAULT_SEED, {}, None
     if args.recipe:
         from ..recipe import load_recipe
         recipe = load_recipe(args.recipe)
         sources += recipe.data.train + recipe.data.val
         model = model or recipe.model.path
         max_length = max_length or recipe.data.max_length
-        cache_dir, seed = recipe.data.code_cache, recipe.train.seed
+        cache_dir, seed, num_proc = recipe.data.code_cache, recipe.train.seed, recipe.data.num_proc
+        settings = {"system_prompt": recipe.data.system_prompt, "last_turn_only": recipe.data.last_turn_only}
+        if recipe.model.format != "auto":
+            settings["fmt"] = recipe.model.format
     if not sources:
         raise UserError("data check: give sources (files, directories, hub ids) or --recipe")
+    ensure_tiny(model or "tiny")
+    processor = _processor(model or "tiny")   # without a model, the tiny tokenizer (lengths are not shown)
+    tokenization = Tokenization(processor, settings.pop("fmt", None) or detect_format(processor), **settings)
     errors: list[BadRecord] = []
-    records = []
+    counts, good = Counter(), []
     for src in sources:
-        found = read_source(src, seed, errors)
+        rows = prepare([src], seed, tokenization, num_proc, errors=errors)
+        found = Counter({t: len(i) for t, i in task_indices(rows).items()}) if rows is not None else Counter()
         if len(sources) > 1:
             print(f"{src.label}: {_counts(found)}")
-        records += found
-    errors += check_images(records)
-    print(f"{_counts(records)}")
+        if rows is not None:
+            errors += errors_of(rows)
+            good.append(rows)
+        counts += found
+    print(_counts(counts))
     if model and not errors:
-        ensure_tiny(model)
-        _report_lengths(records, model, max_length or 2048)
-        _report_cache(records, model, cache_dir)
+        _report_lengths(good, max_length or 2048)
+        _report_cache(good, model, cache_dir)
     for err in errors:   # every one: a list to fix in one pass, not fifty at a time
         print(f"bad record: {err}", file=sys.stderr)
     if errors:
@@ -130,27 +142,37 @@ def check(args) -> int:
     return 0
 
 
-def _counts(records) -> str:
-    counts = Counter(r.task for r in records)
-    return f"{len(records)} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
+def _counts(counts: Counter) -> str:
+    return f"{sum(counts.values())} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
 
 
-def _report_lengths(records, model_path: str, max_length: int) -> None:
-    processor = _processor(model_path)
-    ds = JanusDataset(records, processor, detect_format(processor), max_length)
-    lengths = sorted(len(e.input_ids) for e in ds.examples)
-    if lengths:
+def _report_lengths(parts, max_length: int) -> None:
+    import numpy as np
+
+    from ..data.prepared import lengths_of, record_of, task_indices
+
+    lengths, first = [], None
+    for rows in parts:
+        good = np.sort(np.concatenate(list(task_indices(rows).values())))
+        found = lengths_of(rows)[good]
+        lengths.append(found)
+        if first is None and (found > max_length).any():
+            first = record_of(rows[int(good[np.argmax(found > max_length)])])
+    lengths = np.sort(np.concatenate(lengths)) if lengths else np.empty(0)
+    if len(lengths):
         print(f"lengths after image expansion: min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
               f"max {lengths[-1]} tokens")
-    if ds.dropped:
-        first = ds.dropped[0]
-        print(f"{len(ds.dropped)} record(s) longer than {max_length} tokens will be dropped, not truncated "
+    dropped = int((lengths > max_length).sum())
+    if dropped:
+        print(f"{dropped} record(s) longer than {max_length} tokens will be dropped, not truncated "
               f"(first: {first.source}:{first.line})")
 
 
-def _report_cache(records, model_path: str, cache_dir) -> None:
+def _report_cache(parts, model_path: str, cache_dir) -> None:
     """How many generation targets already have VQ codes cached (no encoder passes here)."""
-    gen = sorted({str(r.images[0]) for r in records if r.task == "generation"})
+    from ..data.prepared import task_indices
+
+    gen = sorted({paths[0] for rows in parts for paths in rows.select(task_indices(rows)["generation"])["images"]})
     if not gen:
         return
     import hashlib

@@ -8,11 +8,13 @@ def configure(parser) -> None:
     parser.add_argument("--format", choices=["janus-pro", "janus"], default="janus-pro",
                         help="conversation format of the tokenizer's chat template")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    parser.add_argument("--vq-channels", type=int, default=32, choices=[32, 64, 128, 256],
+                        help="VQ decoder width: 128 decodes codes to distinct colours (for image rewards)")
 
 
 def run(args) -> int:
     from ..tiny import build_tiny
 
-    out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed)
+    out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed, vq_channels=args.vq_channels)
     print(f"wrote tiny Janus ({args.format}) to {out}")
     return 0

@@ -7,7 +7,8 @@
 4. `conversation` a `Record` -> the exact Janus prompt, split into supervised / unsupervised pieces
 5. `tokens`       pieces -> `input_ids` and aligned `labels`, built together
 6. `vq`           generation targets -> faithful VQ codes, cached on disk
-7. `dataset`      records -> lazy per-task datasets
-8. `mixture`      per-task datasets -> one schedule holding the task ratios inside every step
-9. `collate`      samples -> padded or packed batches
+7. `prepared`     sources -> validated, tokenized Arrow rows, built in parallel once, cached, memory-mapped
+8. `dataset`      prepared rows (or records) -> lazy per-task datasets
+9. `mixture`      per-task datasets -> one schedule holding the task ratios inside every step
+10. `collate`      samples -> padded or packed batches
 """

@@ -1,6 +1,7 @@
-"""Dataset: records -> model-ready samples, lazily (images are opened when a sample is built).
+"""Dataset: records or prepared rows -> model-ready samples, lazily (images are opened when a sample is built).
 
-Records are rendered and tokenized once at load (cheap, and needed to know lengths); a sample
+Training reads prepared rows (`prepared`: validated and tokenized once, cached, memory-mapped);
+small sets of records (tests, previews) are rendered and tokenized here at load. A sample
 longer than `max_length` after image expansion is dropped and counted, never truncated (cutting
 through image tokens would desynchronise features and placeholders). Generation targets come from
 the VQ code cache, encoded once for the whole dataset.
@@ -8,9 +9,11 @@ the VQ code cache, encoded once for the whole dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.logging import get_logger
 
@@ -19,12 +22,12 @@ from ..janus import TASK_IDS, SpecialIds
 from ..recipe import Recipe, parse_source
 from .conversation import render
 from .images import open_rgb, pixel_values
+from .prepared import lengths_of, record_of, task_indices
 from .records import Record
 from .sources import DEFAULT_SEED, read_source
 from .tokens import drop_condition, encode
 
 logger = get_logger(__name__)
-
 
 
 def load_records(sources, errors: list | None = None, seed: int = DEFAULT_SEED) -> list[Record]:
@@ -43,33 +46,46 @@ class Encoded:
     labels: list[int]
 
 
-@dataclass
 class JanusDataset(torch.utils.data.Dataset):
-    """Samples of one or more tasks for one checkpoint's processor and conversation format."""
+    """Samples of one or more tasks for one checkpoint's processor and conversation format.
 
-    records: list[Record]
-    processor: object
-    fmt: str
-    max_length: int = 2048
-    system_prompt: str | None = None
-    last_turn_only: bool = False
-    codes: dict[str, list[int]] | None = None   # generation image path -> VQ codes
-    examples: list[Encoded] = field(init=False)
-    dropped: list[Record] = field(init=False)
+    Built from records (rendered and tokenized here, for small sets: tests, previews) or, for
+    training, from prepared rows (`from_rows`: memory-mapped Arrow, see `prepared`). Either way
+    `examples` is a sequence of `Encoded` and `dropped` of the `Record`s longer than `max_length`.
+    """
 
-    def __post_init__(self):
-        tok = self.processor.tokenizer
-        self.special = SpecialIds.from_tokenizer(tok)
-        self.num_image_tokens = self.processor.num_image_tokens
+    def __init__(self, records: list[Record], processor, fmt: str, max_length: int = 2048,
+                 system_prompt: str | None = None, last_turn_only: bool = False,
+                 codes: dict[str, list[int]] | None = None):
+        self._setup(processor, codes)
         self.examples, self.dropped = [], []
-        for record in self.records:
-            pieces = render(record, self.fmt, self.system_prompt, self.last_turn_only)
-            codes = self._codes(record) if record.task == "generation" else None
-            ids, labels = encode(pieces, tok, self.special, self.num_image_tokens, codes)
-            if len(ids) > self.max_length:
+        for record in records:
+            pieces = render(record, fmt, system_prompt, last_turn_only)
+            ids, labels = encode(pieces, processor.tokenizer, self.special, self.num_image_tokens,
+                                 self._codes(record) if record.task == "generation" else None)
+            if len(ids) > max_length:
                 self.dropped.append(record)
             else:
                 self.examples.append(Encoded(record, ids, labels))
+        self._lengths = np.array([len(e.input_ids) for e in self.examples], dtype=np.int64)
+
+    @classmethod
+    def from_rows(cls, rows, indices: np.ndarray, processor, max_length: int = 2048,
+                  codes: dict[str, list[int]] | None = None) -> JanusDataset:
+        """Prepared rows `indices` of `rows` (one task's, in order); nothing is read until used."""
+        self = cls.__new__(cls)
+        self._setup(processor, codes)
+        lengths = lengths_of(rows)[indices]
+        keep = lengths <= max_length
+        self.examples = RowExamples(rows, indices[keep], self._codes, self.special.boi)
+        self.dropped = RowExamples(rows, indices[~keep], None)
+        self._lengths = lengths[keep]
+        return self
+
+    def _setup(self, processor, codes) -> None:
+        self.processor, self.codes = processor, codes
+        self.special = SpecialIds.from_tokenizer(processor.tokenizer)
+        self.num_image_tokens = processor.num_image_tokens
 
     def _codes(self, record: Record) -> list[int] | None:
         if self.codes is None:
@@ -78,6 +94,10 @@ class JanusDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def lengths(self) -> np.ndarray:
+        """Tokens of each sample (generation samples included), without building them."""
+        return self._lengths
 
     def task_of(self, index: int) -> str:
         return self.examples[index].record.task
@@ -100,6 +120,33 @@ class JanusDataset(torch.utils.data.Dataset):
         return out
 
 
+class RowExamples(Sequence):
+    """`Encoded` examples read from prepared rows on access (generation targets filled with their
+    VQ codes by `codes_of`); with `codes_of=None`, the rows' `Record`s."""
+
+    def __init__(self, rows, indices: np.ndarray, codes_of, boi: int = -1):
+        self.rows, self.indices, self.codes_of, self.boi = rows, indices, codes_of, boi
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = self.rows[int(self.indices[index])]
+        record = record_of(row)
+        if self.codes_of is None:
+            return record
+        labels = row["labels"]
+        if record.task == "generation":
+            codes = self.codes_of(record)
+            if codes is not None:
+                # The rows hold placeholder codes (0) after <begin_of_image> (`tokens.encode`).
+                start = row["input_ids"].index(self.boi) + 1
+                labels = labels[:start] + list(codes) + labels[start + len(codes):]
+        return Encoded(record, row["input_ids"], labels)
+
+
 def require_tasks(datasets: dict[str, JanusDataset | list], mix: dict[str, float]) -> None:
     """A task with a positive ratio but no data cannot be mixed in: a recipe error, not a silent skip.
     (Without `data.mix` nothing is asked for: the tasks present are mixed by their sizes.)"""
@@ -117,17 +164,26 @@ def read_sources(sources, seed: int = DEFAULT_SEED) -> list:
 
 
 def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[str, JanusDataset]:
-    """One dataset per task; generation images VQ-encoded once (and cached on disk)."""
+    """One dataset per task, from a list of `Record`s or from prepared rows (`prepared.prepare`);
+    generation images VQ-encoded once (and cached on disk)."""
     from accelerate import PartialState
 
     PartialState()   # the process's state (set up first by training's launcher code) for rank-aware logs
-    by_task: dict[str, list] = {}
-    for rec in records:
-        by_task.setdefault(rec.task, []).append(rec)
-    codes = vq_codes(model, by_task.get("generation", []), recipe.data.code_cache)
     d = recipe.data
-    datasets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
-                for task, recs in by_task.items()}
+    if isinstance(records, list):
+        by_task: dict[str, list] = {}
+        for rec in records:
+            by_task.setdefault(rec.task, []).append(rec)
+        codes = vq_codes(model, [r.images[0] for r in by_task.get("generation", [])], d.code_cache)
+        datasets = {task: JanusDataset(recs, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
+                    for task, recs in by_task.items()}
+    else:
+        indices = {t: i for t, i in task_indices(records).items() if len(i)}
+        generation = indices.get("generation", np.empty(0, dtype=np.int64))
+        targets = [paths[0] for paths in records.select(generation)["images"]] if len(generation) else []
+        codes = vq_codes(model, targets, d.code_cache)
+        datasets = {task: JanusDataset.from_rows(records, i, processor, d.max_length, codes)
+                    for task, i in indices.items()}
     for task, ds in datasets.items():
         if ds.dropped:
             first = ds.dropped[0]
@@ -136,16 +192,16 @@ def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[
     return datasets
 
 
-def vq_codes(model, records, cache_dir) -> dict[str, list[int]]:
-    """Codes for every generation target, encoded once per image and cached on disk. The main
+def vq_codes(model, targets, cache_dir) -> dict[str, list[int]]:
+    """Codes for every generation target image, encoded once per image and cached on disk. The main
     process encodes first, so other ranks only read the cache."""
-    if not records:
+    if not len(targets):
         return {}
     from accelerate import PartialState
 
     from .vq import CodeCache, codes_for_files, vq_on_accelerator
 
-    paths = sorted({str(r.images[0]) for r in records})
+    paths = sorted({str(p) for p in targets})
     cache = CodeCache(cache_dir)
     with PartialState().main_process_first(), vq_on_accelerator(model):
         codes = codes_for_files(model, paths, cache)

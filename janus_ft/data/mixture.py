@@ -12,7 +12,9 @@ ratios mixes the tasks present in proportion to their sizes (`resolve_ratios`).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -39,8 +41,9 @@ def resolve_ratios(ratios: dict[str, float], sizes: dict[str, int]) -> dict[str,
     return present
 
 
-def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> list[dict[str, int]]:
-    """Samples of each task in each block; cumulative counts track the ratios to within one sample.
+def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> Iterator[dict[str, int]]:
+    """Samples of each task in each block, block after block (a generator: a million-step run never
+    holds a million dicts); cumulative counts track the ratios to within one sample.
 
     >>> [sorted(c.items()) for c in block_counts({"a": 5, "b": 1, "c": 4}, 10, 2)]
     [[('a', 5), ('b', 1), ('c', 4)], [('a', 5), ('b', 1), ('c', 4)]]
@@ -50,7 +53,6 @@ def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> list[di
     total = sum(ratios.values())
     tasks = [t for t, r in ratios.items() if r > 0]
     done = dict.fromkeys(tasks, 0)
-    out = []
     for k in range(1, n_blocks + 1):
         want = {t: k * block * ratios[t] / total for t in tasks}
         counts = {t: int(want[t]) - done[t] for t in tasks}
@@ -60,8 +62,7 @@ def block_counts(ratios: dict[str, float], block: int, n_blocks: int) -> list[di
             counts[t] += 1
         for t in tasks:
             done[t] += counts[t]
-        out.append(counts)
-    return out
+        yield counts
 
 
 class _Cycler:
@@ -77,18 +78,42 @@ class _Cycler:
         return self.order.pop()
 
 
+class Schedule(Sequence):
+    """(task, index) for every sample of a run, held as two arrays (9 bytes a sample, not a Python
+    tuple's ~90): a million-sample epoch costs megabytes. Reads like a list of tuples."""
+
+    def __init__(self, tasks: list[str], codes: np.ndarray, indices: np.ndarray):
+        self.tasks, self.codes, self.indices = tasks, codes, indices
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        return self.tasks[self.codes[position]], int(self.indices[position])
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 def build_schedule(sizes: dict[str, int], ratios: dict[str, float], global_batch: int,
-                   n_steps: int, seed: int, lengths: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
+                   n_steps: int, seed: int, lengths: dict[str, np.ndarray] | None = None) -> Schedule:
     """(task, index) for every sample of the run, step by step. With `lengths` (tokens of each
     task's samples), each step's samples are ordered longest first (see `group_by_length`)."""
     rng = random.Random(seed)
     cyclers = {t: _Cycler(sizes[t], random.Random(f"{seed}-{t}")) for t in sizes}
-    schedule: list[tuple[str, int]] = []
-    for counts in block_counts({t: ratios.get(t, 0) for t in sizes}, global_batch, n_steps):
+    tasks = list(sizes)
+    code = {t: c for c, t in enumerate(tasks)}
+    codes, indices = np.empty(global_batch * n_steps, np.int8), np.empty(global_batch * n_steps, np.int64)
+    for step, counts in enumerate(block_counts({t: ratios.get(t, 0) for t in sizes}, global_batch, n_steps)):
         block = [(t, cyclers[t].next()) for t, c in counts.items() for _ in range(c)]
         rng.shuffle(block)   # tasks spread over the step's micro-batches
-        schedule += group_by_length(block, lengths) if lengths else block
-    return schedule
+        block = group_by_length(block, lengths) if lengths else block
+        span = slice(step * global_batch, (step + 1) * global_batch)
+        codes[span] = [code[t] for t, _ in block]
+        indices[span] = [i for _, i in block]
+    return Schedule(tasks, codes, indices)
 
 
 def group_by_length(block: list[tuple[str, int]], lengths: dict[str, list[int]]) -> list[tuple[str, int]]:
@@ -123,7 +148,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.ratios = resolve_ratios(ratios, {t: len(d) for t, d in datasets.items()})
         sizes = {t: len(d) for t, d in datasets.items() if len(d) and self.ratios.get(t, 0) > 0}
         # CFG dropout blanks caption ids in place, so a sample's length is known before it is built.
-        lengths = ({t: [len(e.input_ids) for e in datasets[t].examples] for t in sizes}
+        lengths = ({t: datasets[t].lengths() for t in sizes}
                    if group_by_length else None)
         self.schedule = build_schedule(sizes, self.ratios, global_batch, n_steps, seed, lengths)
 
@@ -142,8 +167,8 @@ class MixtureDataset(torch.utils.data.Dataset):
 
     def counts(self, n_samples: int) -> dict[str, int]:
         out = dict.fromkeys(TASK_IDS, 0)
-        for task, _ in self.schedule[:n_samples]:
-            out[task] += 1
+        tally = np.bincount(self.schedule.codes[:n_samples], minlength=len(self.schedule.tasks))
+        out.update({task: int(n) for task, n in zip(self.schedule.tasks, tally)})
         return out
 
 
@@ -162,4 +187,4 @@ def lazy_hf_dataset(n: int, getitem, keys: tuple[str, ...] | None = None):
         rows = [getitem(p) for p in batch["position"]]
         return {k: [r.get(k) for r in rows] for k in keys}
 
-    return datasets.Dataset.from_dict({"position": list(range(n))}).with_transform(transform)
+    return datasets.Dataset.from_dict({"position": np.arange(n)}).with_transform(transform)

@@ -127,6 +127,10 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keep)
 
+    def lengths(self):
+        """Tokens of each pair's longer side (`MixtureDataset(group_by_length=True)` orders by them)."""
+        return [len(e.input_ids) for e in self.examples]
+
     def __getitem__(self, index: int) -> dict:
         return self.sample(index)
 

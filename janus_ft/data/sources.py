@@ -47,7 +47,7 @@ def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None =
     validates a row (`records.parse_record`; preference pairs: `preference.parse_pair`)."""
     records: list[Record] = []
     try:
-        rows = _jsonl_rows(src, seed) if source_kind(src) == "jsonl" else _dataset_rows(src, seed)
+        rows = jsonl_rows(src, seed) if source_kind(src) == "jsonl" else dataset_rows(src, seed)
         for where, fields in rows:
             try:
                 records.append(parse(fields(), Path(src.label), where))
@@ -101,7 +101,7 @@ def sample_indices(n_rows: int, n: int, seed: int) -> list[int]:
     return sorted(list(range(n_rows)) * repeats + drawn)
 
 
-def _taken(n_rows: int, src: DataSource, seed: int) -> list[int]:
+def taken_rows(n_rows: int, src: DataSource, seed: int) -> list[int]:
     if src.sample is not None:
         return sample_indices(n_rows, src.sample, seed)
     return list(range(min(n_rows, src.max_samples or n_rows)))
@@ -127,26 +127,32 @@ def _constants(src: DataSource) -> dict[str, str]:
     return {k: getattr(src, k) for k in ("query", "response") if getattr(src, k) is not None}
 
 
-def _jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
+def jsonl_rows(src: DataSource, seed: int) -> Iterator[tuple[int, Callable]]:
     if src.split or src.name:
         raise RecipeError(f"{src.path}: split and name select from a `datasets` source; a JSONL file has neither")
     path = Path(src.path)
+    if src.sample is None:   # the first lines, read as they come (a stream never holds the file)
+        for k, (number, text) in enumerate(read_lines(path)):
+            if src.max_samples is not None and k >= src.max_samples:
+                return
+            yield number, partial(jsonl_fields, text, path, number, src)
+        return
     lines = list(read_lines(path))   # a missing, unreadable or empty file is a BadRecord here
-    for i in _taken(len(lines), src, seed):
+    for i in taken_rows(len(lines), src, seed):
         number, text = lines[i]
-        yield number, partial(_jsonl_fields, text, path, number, src)
+        yield number, partial(jsonl_fields, text, path, number, src)
 
 
-def _jsonl_fields(text: str, path: Path, number: int, src: DataSource):
+def jsonl_fields(text: str, path: Path, number: int, src: DataSource):
     return map_fields(decode_line(text, path, number), src.columns, _constants(src))
 
 
-def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
+def dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
     dataset, base = open_dataset(src)
     if len(dataset) == 0:
         raise BadRecord(src.label, None, None, "no records: the dataset has no rows")
-    dataset = dataset.select_columns(_needed_columns(dataset.column_names, src))
-    taken = _taken(len(dataset), src, seed)
+    dataset = dataset.select_columns(needed_columns(dataset.column_names, src))
+    taken = taken_rows(len(dataset), src, seed)
     if taken != list(range(len(dataset))):
         dataset = dataset.select(taken)
     # Arrow rows, not decoded ones: a `datasets.Image` stays {"bytes", "path"} instead of being
@@ -155,10 +161,10 @@ def _dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
     for start in range(0, len(taken), _BATCH):
         for offset, row in enumerate(arrow[start:start + _BATCH].to_pylist()):
             where = f"row {taken[start + offset]}"
-            yield where, partial(_dataset_fields, row, base, src, where)
+            yield where, partial(dataset_fields, row, base, src, where)
 
 
-def _dataset_fields(row: dict, base: Path, src: DataSource, where: str):
+def dataset_fields(row: dict, base: Path, src: DataSource, where: str):
     # A column a row leaves empty (null) is a field the record does not have, as in JSONL.
     fields = map_fields({k: v for k, v in row.items() if v is not None}, src.columns, _constants(src))
     for key in _IMAGE_FIELDS:
@@ -167,7 +173,7 @@ def _dataset_fields(row: dict, base: Path, src: DataSource, where: str):
     return fields
 
 
-def _needed_columns(names: list[str], src: DataSource) -> list[str]:
+def needed_columns(names: list[str], src: DataSource) -> list[str]:
     """The source's columns that become record fields; a mapped column that does not exist, or a
     source with nothing to read a conversation from, is one error for the source, not one per row."""
     for fld, col in src.columns.items():

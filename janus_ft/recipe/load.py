@@ -18,6 +18,7 @@ import yaml
 
 from ..errors import RecipeError
 from .dpo import OWNED_DPO_FIELDS, DpoArgs
+from .grpo import GrpoArgs, UnsupportedGrpoFields
 from .sections import DataSource, Recipe, TrainArgs
 from .validate import validate
 
@@ -82,8 +83,9 @@ OWNED_TRAIN_FIELDS = {
 
 # Sections that pass TRL config fields through: section -> (its dataclass, TRL's config class, the
 # fields janus_ft sets itself). A trainer's section joins here.
-TRL_SECTIONS = {"train": (TrainArgs, "SFTConfig", OWNED_TRAIN_FIELDS),
-                "dpo": (DpoArgs, "DPOConfig", OWNED_DPO_FIELDS)}
+TRL_SECTIONS = {"train": (TrainArgs, "SFTConfig", OWNED_TRAIN_FIELDS)}
+TRL_SECTIONS["grpo"] = (GrpoArgs, "GRPOConfig", UnsupportedGrpoFields())
+TRL_SECTIONS["dpo"] = (DpoArgs, "DPOConfig", OWNED_DPO_FIELDS)
 
 
 def lift_trl_fields(raw: dict, section: str, own_cls, config: str, owned: dict) -> dict:

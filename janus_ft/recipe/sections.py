@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..janus import COMPONENTS
 from .dpo import DpoArgs
+from .grpo import GrpoArgs
 
 
 def opt(default, help_text: str, **kw):
@@ -65,6 +66,11 @@ class DataArgs:
     packing: bool = opt(False, "pack samples into padding-free rows (position ids restart per sample)")
     group_by_length: bool = opt(False, "without packing: order each step's samples by length so micro-batches pad less")
     code_cache: str | None = opt(None, "directory of the VQ code cache (default: $JANUS_FT_CACHE/vq_codes)")
+    num_proc: int | None = opt(None, "processes validating and tokenizing records into the prepared-data cache "
+                                     "(default: one per CPU core)")
+    streaming: bool = opt(False, "read, check and tokenize data.train records as training consumes them (no cache; "
+                                 "needs data.mix and train.max_steps)")
+    max_bad_records: int = opt(100, "with streaming: bad records skipped before the run stops")
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Recipe:
     data: DataArgs = field(default_factory=DataArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    grpo: GrpoArgs = field(default_factory=GrpoArgs)
     dpo: DpoArgs = field(default_factory=DpoArgs)
     output_dir: str = "runs/janus-ft"
     source: str | None = field(default=None, metadata={"internal": True})

@@ -55,7 +55,8 @@ def build_pair_datasets(pairs, model, processor, recipe: Recipe, fmt: str) -> di
     for pair in pairs:
         by_task.setdefault(pair.task, []).append(pair)
     generation = by_task.get("generation", [])
-    codes = vq_codes(model, [p.chosen for p in generation] + [p.rejected for p in generation], recipe.data.code_cache)
+    codes = vq_codes(model, [p.chosen.images[0] for p in generation] + [p.rejected.images[0] for p in generation],
+                     recipe.data.code_cache)
     d = recipe.data
     datasets = {task: PairDataset(ps, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
                 for task, ps in by_task.items()}

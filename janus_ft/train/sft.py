@@ -14,9 +14,9 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from ..data.conversation import detect_format
-from ..data.dataset import build_datasets, read_sources, require_tasks
-from ..data.images import check_images
+from ..data.dataset import build_datasets, require_tasks
 from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
+from ..data.prepared import Tokenization, errors_of, prepare, task_indices
 from ..errors import RecipeError, UserError
 from ..files import publish
 from ..recipe import Recipe, save_recipe
@@ -94,17 +94,26 @@ class SftResult:
     interrupted: int = 0   # the signal that stopped training (a resumable checkpoint was saved), or 0
 
 
-def read_data(recipe: Recipe) -> tuple[list, list]:
-    """(train, val) records, every record and every image validated; a task with a ratio and no
-    records is an error."""
-    train_records, val_records = (read_sources(s, recipe.train.seed) for s in (recipe.data.train, recipe.data.val))
-    require_tasks({t: [r for r in train_records if r.task == t] for t in recipe.data.mix}, recipe.data.mix)
-    bad_images = check_images(train_records + val_records)   # decoded once each, as training will
-    if bad_images:
-        shown = "\n  ".join(str(e) for e in bad_images[:10])
-        raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
-                        f"\n  {shown}")
-    return train_records, val_records
+def read_data(recipe: Recipe, processor, fmt: str) -> tuple:
+    """(train, val) prepared rows (`data.prepared`): every record validated (its images decoded),
+    rendered and tokenized once, cached on disk and memory-mapped, before any weight is loaded. A bad
+    record is an error (all bad images listed at once); so is a task with a ratio and no records."""
+    d = recipe.data
+    tokenization = Tokenization(processor, fmt, d.system_prompt, d.last_turn_only)
+    # Streamed training records are read as training consumes them (`data.stream`).
+    train_rows, val_rows = (prepare(s, recipe.train.seed, tokenization, d.num_proc) if s is not d.train or not d.streaming
+                            else None for s in (d.train, d.val))
+    bad = [e for rows in (train_rows, val_rows) if rows is not None for e in errors_of(rows)]
+    records = [e for e in bad if not (e.field or "").startswith("images[")]
+    if records:
+        raise records[0]
+    if bad:
+        shown = "\n  ".join(str(e) for e in bad[:10])
+        raise UserError(f"{len(bad)} bad image reference(s){' (first 10)' if len(bad) > 10 else ''}:\n  {shown}")
+    if not d.streaming:
+        sizes = {t: len(i) for t, i in task_indices(train_rows).items()} if train_rows is not None else {}
+        require_tasks({t: range(sizes.get(t, 0)) for t in d.mix}, d.mix)
+    return train_rows, val_rows
 
 
 def claim_output_dir(recipe: Recipe) -> str | None:
@@ -125,10 +134,18 @@ def claim_output_dir(recipe: Recipe) -> str | None:
     return on_main_process(claim)
 
 
-def training_schedule(recipe: Recipe, train_sets: dict) -> tuple[MixtureDataset, int, int]:
-    """(mixture, global batch, optimizer steps): the schedule in blocks of one global batch."""
-    t = recipe.train
+def training_schedule(recipe: Recipe, train_sets: dict, processor=None, fmt: str = "janus-pro") -> tuple:
+    """(mixture, global batch, optimizer steps): the schedule in blocks of one global batch; with
+    data.streaming, over the records of data.train as they are read."""
+    t, d = recipe.train, recipe.data
     global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
+    if d.streaming:
+        from ..data.stream import StreamingMixture
+
+        if t.max_steps <= 0:
+            raise RecipeError("data.streaming needs train.max_steps: a stream's length is not known ahead")
+        return StreamingMixture(d.train, processor, fmt, d.mix, global_batch, t.max_steps, t.seed, d.max_length,
+                                d.system_prompt, d.last_turn_only, d.max_bad_records), global_batch, t.max_steps
     sizes = {task: len(ds) for task, ds in train_sets.items()}
     steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(sizes, recipe.data.mix, global_batch,
                                                                   t.num_train_epochs)
@@ -145,6 +162,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     from ..model.loading import (
         check_quantization,
         load_model_and_processor,
+        load_processor,
         train_in_fp32,
     )
     from ..model.lora import apply_lora, trainable_table
@@ -156,13 +174,15 @@ def run_sft(recipe: Recipe) -> SftResult:
     # seconds, not a model load. Process setup first: the checks below are rank-aware.
     distributed_state()
     check_quantization(recipe.model.quantization)   # bitsandbytes has a kernel for this device
-    train_records, val_records = read_data(recipe)
+    processor = load_processor(recipe.model.path)    # the tokenizer prepares the data; weights come later
+    fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
+    train_rows, val_rows = read_data(recipe, processor, fmt)
     resume_from = claim_output_dir(recipe)
     model, processor = load_model_and_processor(recipe.model)
-    fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
-    train_sets = build_datasets(train_records, model, processor, recipe, fmt)
-    require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
-    val_sets = build_datasets(val_records, model, processor, recipe, fmt)
+    train_sets = build_datasets(train_rows, model, processor, recipe, fmt) if train_rows is not None else {}
+    if train_rows is not None:
+        require_tasks(train_sets, recipe.data.mix)   # again: records may be dropped for length
+    val_sets = build_datasets(val_rows, model, processor, recipe, fmt) if val_rows is not None else {}
 
     # LoRA's A matrices are drawn now, before the Trainer seeds anything: seed here, or the same
     # recipe gives a different adapter depending on what ran earlier in the process.
@@ -170,7 +190,7 @@ def run_sft(recipe: Recipe) -> SftResult:
     model = apply_lora(model, recipe.lora)
     logger.info("trainable parameters:\n" + trainable_table(model))
 
-    mixture, global_batch, steps = training_schedule(recipe, train_sets)
+    mixture, global_batch, steps = training_schedule(recipe, train_sets, processor, fmt)
     eval_set = _concat(list(val_sets.values()))
     trainer = JanusTrainer(
         model=model, args=sft_config(recipe, steps, eval_set is not None), train_dataset=mixture.as_hf_dataset(),
@@ -186,6 +206,8 @@ def run_sft(recipe: Recipe) -> SftResult:
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo TRL's bf16 cast of trainable parameters (see model.py)
     train(trainer, resume_from, stopper)
+    if getattr(mixture, "bad", 0):
+        logger.warning(f"{mixture.bad} bad record(s) skipped in the stream (data.max_bad_records={recipe.data.max_bad_records})")
     if trainer.skipped_batches:
         logger.warning(f"{trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:

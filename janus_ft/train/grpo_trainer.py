@@ -1,0 +1,256 @@
+"""The GRPO trainer: transformers' `Trainer` (optimizer, schedule, accumulation, checkpoints, resume,
+DDP) with sampling and the GRPO loss in place of a dataset's batches.
+
+Why not TRL's `GRPOTrainer`: it samples through `processing_class` + `model.generate` on chat
+messages and scores completions with the LM head only. Janus's image path samples with CFG through
+`generate(generation_mode="image")` and scores codes with the generation head, and its prompts must
+be rendered as janus_ft trains them. What is TRL's here: the config names (`GRPOConfig`), the
+formulas (`model.grpo_loss`), the reward-function call convention and the logged metric names
+(`reward`, `reward_std`, `rewards/<fn>/mean`, `kl`, `clip_ratio/region_mean`, `completions/mean_length`).
+
+Each micro-batch takes `per_device_train_batch_size / num_generations` prompts; `_prepare_inputs`
+samples their groups with the adapter on (the weights the update differentiates), scores them
+with the rewards, normalises advantages per group and, with `beta > 0`, computes the reference
+log-probabilities with the adapter disabled; `compute_loss` is the clipped surrogate (+ KL). Seeds
+of the sampling depend only on (seed, step, micro-batch, prompt), so a resumed run draws what the
+straight run drew.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.logging import get_logger
+from transformers import Trainer
+
+from ..data.prompts import Prompt
+from ..data.vq import decode_codes_to_pil
+from ..infer.generate import contact_sheet
+from ..infer.rollout import completion_batch, sample_images, sample_text
+from ..janus import SpecialIds
+from ..model.grpo_loss import group_advantages, grpo_loss
+from ..model.logprobs import target_logps
+from .rewards import Reward, score
+from .upstream import AtomicCheckpoints
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class Scored:
+    batch: dict               # prompt + completion rows, group after group
+    rewards: torch.Tensor     # (rows, reward functions), unweighted
+    total: torch.Tensor       # (rows,) weighted sum
+    truncated: list           # per row: a text answer cut at max_completion_length
+    lengths: list             # per row: completion tokens
+    tasks: list               # per row
+    images: list              # decoded images of generation rows, in order
+
+
+@dataclass
+class Sampler:
+    """Samples and scores groups of completions for prompts (training and held-out evaluation)."""
+
+    processor: object
+    fmt: str
+    grpo: object              # recipe.grpo
+    rewards: list[Reward]
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        self.special = SpecialIds.from_tokenizer(self.processor.tokenizer)
+
+    def rollout(self, model, prompt: Prompt, n: int, seed: int):
+        g = self.grpo
+        if prompt.task == "generation":
+            return sample_images(model, self.processor, prompt.record.caption, self.fmt, n, g.guidance_scale,
+                                 g.temperature, seed)
+        return sample_text(model, self.processor, prompt.record, self.fmt, n, g.temperature, g.top_p,
+                           g.max_completion_length, seed, self.system_prompt, g.top_k)
+
+    @torch.no_grad()
+    def sample(self, model, prompts: list[Prompt], n: int, seeds: list[int]) -> Scored:
+        was_training = model.training
+        model.eval()   # no LoRA dropout while sampling
+        try:
+            rollouts = [self.rollout(model, p, n, s) for p, s in zip(prompts, seeds)]
+        finally:
+            model.train(was_training)
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        batch = completion_batch(rollouts, self.special, core.config.image_token_id)
+        texts, images, completions = [], [], []
+        for r in rollouts:
+            if r.task == "generation":
+                decoded = decode_codes_to_pil(model, torch.tensor(r.completions))
+                images += decoded
+                completions += decoded
+            else:
+                answers = [self.processor.tokenizer.decode(c, skip_special_tokens=True).strip() for c in r.completions]
+                texts += answers
+                completions += answers
+        rows = [(p, r) for p, r in zip(prompts, rollouts) for _ in r.completions]
+        fields = _fields([p for p, _ in rows])
+        if any(r.task == "generation" for _, r in rows):
+            fields["codes"] = [c if r.task == "generation" else None for r in rollouts for c in r.completions]
+        table = self._score(rows, completions, fields)
+        weights = torch.tensor([r.weight for r in self.rewards])
+        return Scored(batch, table, table @ weights, [t for r in rollouts for t in r.truncated],
+                      [len(c) for r in rollouts for c in r.completions], [r.task for _, r in rows], images)
+
+    def _score(self, rows, completions, fields) -> torch.Tensor:
+        texts = [p.record.caption if p.task == "generation" else p.record.turns[-1][0] for p, _ in rows]
+        where = [p.where for p, _ in rows]
+        return torch.tensor(score(self.rewards, texts, completions, fields, where), dtype=torch.float32).T
+
+
+def _fields(prompts: list[Prompt]) -> dict:
+    """Every extra field of the prompts as a list aligned with them (None where one lacks it)."""
+    keys = list(dict.fromkeys(k for p in prompts for k in p.fields))
+    return {k: [p.fields.get(k) for p in prompts] for k in keys}
+
+
+class PromptIndices(torch.utils.data.Dataset):
+    """The Trainer's dataset: prompt indices (sampling happens in the trainer, not the loader)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def collate_indices(indices: list[int]) -> dict:
+    return {"prompt_index": torch.tensor(indices)}
+
+
+def sampling_seed(base: int, step: int, micro: int, k: int) -> int:
+    return ((base * 1_000_003 + step) * 1009 + micro * 101 + k) % (2 ** 31)
+
+
+class GrpoTrainer(AtomicCheckpoints, Trainer):
+    def __init__(self, *args, sampler: Sampler, prompts: list[Prompt], eval_prompts: list[Prompt],
+                 eval_images: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampler, self.prompts, self.eval_prompts = sampler, prompts, eval_prompts
+        self.eval_images = eval_images
+        self.g = sampler.grpo
+        self.seed = self.g.seed if self.g.seed is not None else self.args.seed
+        self._metrics = defaultdict(list)
+        self._micro, self._micro_step = 0, None
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        step, n = self.state.global_step, self.g.num_generations
+        self._micro = self._micro + 1 if self._micro_step == step else 0
+        self._micro_step = step
+        prompts = [self.prompts[i] for i in inputs["prompt_index"].tolist()]
+        seeds = [sampling_seed(self.seed, step, self._micro * 1000 + self.args.process_index, k)
+                 for k in range(len(prompts))]
+        model = self.accelerator.unwrap_model(self.model)
+        scored = self.sampler.sample(model, prompts, n, seeds)
+        advantages = group_advantages(scored.total, n, self.g.scale_rewards)
+        batch = {k: (v.to(self.args.device) if torch.is_tensor(v) else v) for k, v in scored.batch.items()}
+        batch["loss_plan"] = {k: v.to(self.args.device) for k, v in scored.batch["loss_plan"].items()}
+        out = {"batch": batch, "advantages": advantages.to(self.args.device), "scored": scored}
+        if self.g.beta != 0.0:
+            with torch.no_grad(), model.disable_adapter():
+                out["ref_logps"] = target_logps(model, batch).tokens
+        self._log_sampling(scored, n)
+        return out
+
+    def _log_sampling(self, scored: Scored, n: int) -> None:
+        m = self._metrics
+        for j, reward in enumerate(self.sampler.rewards):
+            m[f"rewards/{reward.label}/mean"].append(scored.rewards[:, j].mean().item())
+            m[f"rewards/{reward.label}/std"].append(scored.rewards[:, j].std().item() if len(scored.total) > 1 else 0.0)
+        m["reward"].append(scored.total.mean().item())
+        grouped = scored.total.view(-1, n)
+        m["reward_std"].append(grouped.std(1).mean().item())
+        m["frac_reward_zero_std"].append((grouped.std(1) < 1e-6).float().mean().item())
+        text = [length for length, task in zip(scored.lengths, scored.tasks) if task != "generation"]
+        if text:
+            m["completions/mean_length"].append(sum(text) / len(text))
+            cut = [t for t, task in zip(scored.truncated, scored.tasks) if task != "generation"]
+            m["completions/clipped_ratio"].append(sum(cut) / len(cut))
+
+    # ---- loss -----------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch, scored = inputs["batch"], inputs["scored"]
+        lp = target_logps(model, batch)
+        mask = lp.mask
+        if self.g.mask_truncated_completions:   # text only: an image is never truncated
+            keep = torch.tensor([not t for t in scored.truncated], device=mask.device)
+            mask = mask & keep[:, None]
+        image_tokens = self.sampler.processor.num_image_tokens
+        lengths = torch.tensor([float(image_tokens if t == "generation" else self.g.max_completion_length)
+                                for t in scored.tasks], device=mask.device)
+        out = grpo_loss(lp.tokens, mask, inputs["advantages"], ref_logps=inputs.get("ref_logps"), beta=self.g.beta,
+                        epsilon=self.g.epsilon, epsilon_high=self.g.epsilon_high, loss_type=self.g.loss_type,
+                        lengths=lengths, step_tokens=int(mask.sum()))
+        if not torch.isfinite(out.loss):
+            from .checkpoint import TrainingError
+            raise TrainingError(f"non-finite GRPO loss at step {self.state.global_step + 1}: training stopped. "
+                                "Lower train.learning_rate or check the rewards")
+        self._metrics["kl"].append(out.kl.item())
+        self._metrics["clip_ratio/region_mean"].append(out.clip_fraction.item())
+        return (out.loss, None) if return_outputs else out.loss
+
+    def floating_point_ops(self, inputs) -> int:
+        return 0   # inputs are prompt indices: transformers' token-count estimate does not apply
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if "loss" in logs:
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ---- held-out evaluation --------------------------------------------------------------------
+
+    def evaluate(self, *args, **kwargs) -> dict:
+        """Mean reward on the held-out prompts (fixed seeds: every evaluation draws from the same
+        noise, so the curve shows the model changing) and a grid of the images sampled for the first
+        `train.eval_images` generation prompts (`output_dir/samples/step-N.png`)."""
+        if not self.eval_prompts:
+            return {}
+        n = self.g.num_generations_eval or self.g.num_generations
+        model = self.accelerator.unwrap_model(self.model)
+        metrics = evaluate_rewards(self.sampler, model, self.eval_prompts, n, self.seed)
+        if self.is_world_process_zero():
+            self._grid(model)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _grid(self, model) -> Path | None:
+        captions = [p for p in self.eval_prompts if p.task == "generation"][:self.eval_images]
+        if not captions:
+            return None
+        scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))])
+        path = Path(self.args.output_dir) / "samples" / f"step-{self.state.global_step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet(scored.images, columns=len(captions)).save(path)
+        return path
+
+
+def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8) -> dict:
+    """`eval_reward` (weighted sum) and `eval_rewards/<fn>` means over `n` completions of each prompt,
+    sampled with seeds that depend only on the prompt's position."""
+    totals, per_fn = [], []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start:start + chunk]
+        scored = sampler.sample(model, part, n, [sampling_seed(seed, -2, 0, start + k) for k in range(len(part))])
+        totals.append(scored.total)
+        per_fn.append(scored.rewards)
+    total, table = torch.cat(totals), torch.cat(per_fn)
+    out = {"eval_reward": total.mean().item()}
+    out.update({f"eval_rewards/{r.label}": table[:, j].mean().item() for j, r in enumerate(sampler.rewards)})
+    return {k: v for k, v in out.items() if math.isfinite(v)}

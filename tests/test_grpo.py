@@ -1,0 +1,143 @@
+"""`janus-ft grpo` end to end on tiny models: rewards rise on held-out prompts (text-to-image and
+understanding), a reward that fails stops with exit 2 naming it and the record, and a run killed
+mid-way resumes into the same run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from janus_ft.cli import main
+from janus_ft.recipe import load_recipe
+from janus_ft.train.grpo import run_grpo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def colour_tiny(tmp_path_factory):
+    """A tiny Janus whose VQ decodes codes to distinct colours (the default one barely does)."""
+    from janus_ft.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_colour"), vq_channels=128)
+
+
+def evals(history, key="eval_reward"):
+    return [e[key] for e in history if key in e]
+
+
+@pytest.mark.slow   # about a minute: decoding 360 images through the 128-channel VQ decoder dominates
+def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
+    """Held-out captions (new subjects) drawn redder after 20 steps. Measured (1 thread, train.seed 0 / 1 / 2):
+    +0.150 / +0.024 / +0.165 from about 0.59; at seed 42 (this test) see the note below."""
+    recipe = load_recipe(REPO / "recipes/grpo_t2i.yaml", [
+        f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=20", "train.eval_steps=20",
+        "train.per_device_train_batch_size=16", "train.learning_rate=2e-2", "train.save_steps=100",
+        "train.disable_tqdm=true", "grpo.num_generations_eval=2", "train.eval_images=4"])
+    history = run_grpo(recipe).log_history
+    before, after = evals(history)[0], evals(history)[-1]
+    print(f"held-out colour reward {before:.3f} -> {after:.3f}; train curve "
+          f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
+    assert after - before > 0.05
+    assert (tmp_path / "run/samples/step-20.png").is_file() and (tmp_path / "run/adapter_model.safetensors").is_file()
+    assert (tmp_path / "run/reward.png").is_file()
+    train = [e for e in history if "reward" in e]
+    assert {"rewards/colour/mean", "rewards/colour/std", "reward_std", "kl", "clip_ratio/region_mean"} <= set(train[0])
+
+
+def test_understanding_exact_match_rises_from_the_base_value(tiny_dir, tmp_path):
+    recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
+        f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12", "train.disable_tqdm=true"])
+    history = run_grpo(recipe).log_history
+    before, after = evals(history, "eval_rewards/exact_match")[0], evals(history, "eval_rewards/exact_match")[-1]
+    print(f"held-out exact match {before:.3f} -> {after:.3f}")
+    assert before < 0.02 and after > 0.15
+
+
+def prompts_file(tmp_path, n=2):
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"query": f"What is {i} + 1?", "solution": str(i + 1)}
+                                                   for i in range(n)])
+
+
+@pytest.mark.parametrize("body, message", [
+    ("    return [1 / 0 if s == '2' else 0.0 for s in solution]", "raised ZeroDivisionError"),
+    ("    return [float('nan') if s == '2' else 0.0 for s in solution]", "returned nan"),
+])
+def test_a_failing_reward_exits_2_naming_it_and_the_record(tiny_dir, tmp_path, capsys, body, message):
+    (tmp_path / "my_rewards.py").write_text(f"def picky(prompts, completions, solution, **kw):\n{body}\n")
+    data = prompts_file(tmp_path)
+    code = main(["grpo", "--recipe", str(REPO / "recipes/grpo_format.yaml"), f"data.train=[{{path: {data}}}]",
+                 "data.val=[]", f"output_dir={tmp_path / 'run'}", f"grpo.rewards=[{{fn: {tmp_path}/my_rewards.py:picky}}]",
+                 "grpo.num_generations=2", "train.per_device_train_batch_size=4", "train.max_steps=1",
+                 "train.disable_tqdm=true"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "my_rewards.py:picky" in err and message in err and f"{data}:2" in err and f"{data}:1" not in err
+
+
+def test_reward_file_and_recipe_mistakes_exit_2_before_a_model_loads(tmp_path, capsys):
+    data = prompts_file(tmp_path)
+    base = ["grpo", "--recipe", str(REPO / "recipes/grpo_format.yaml"), f"data.train=[{{path: {data}}}]",
+            f"output_dir={tmp_path / 'run'}"]
+    assert main(base + ["grpo.rewards=[{fn: nowhere.py:f}]"]) == 2
+    assert "grpo.rewards[0].fn: no such file nowhere.py" in capsys.readouterr().err
+    assert main(base + ["grpo.rewards=[{fn: exact_matc}]"]) == 2
+    assert "not a built-in reward" in capsys.readouterr().err
+    assert main(base + ["grpo.use_vllm=true"]) == 2
+    assert "grpo.use_vllm" in capsys.readouterr().err
+    assert main(base + ["train.per_device_train_batch_size=5"]) == 2
+    assert "multiple of grpo.num_generations" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
+    """SIGKILL after checkpoint-2, resume: steps 3-4 sample and score what the straight run did."""
+    data = prompts_file(tmp_path, n=8)
+    args = [f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=4",
+            "grpo.max_completion_length=2", "train.per_device_train_batch_size=8", "train.max_steps=4",
+            "train.save_steps=2", "train.disable_tqdm=true", "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]"]
+    straight = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
+    out = tmp_path / "b"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "janus_ft.cli", "grpo", "--recipe", str(REPO / "recipes/grpo_format.yaml"),
+                             *args, f"output_dir={out}", "train.max_steps=400"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint-2").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "checkpoint-2").is_dir()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for late in out.glob("checkpoint-*"):
+        if late.name != "checkpoint-2":   # it may have got further before the kill: resume from 2
+            import shutil
+            shutil.rmtree(late)
+    resumed = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={out}", "train.resume=true"]))
+    a = {e["step"]: e for e in straight.log_history if "reward" in e}
+    b = {e["step"]: e for e in resumed.log_history if "reward" in e}
+    assert sorted(b) == [1, 2, 3, 4] and json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert len({round(e["reward"], 6) for e in a.values()}) > 1   # steps differ: equality below means something
+    for step in (3, 4):
+        assert b[step]["reward"] == pytest.approx(a[step]["reward"], abs=1e-6)
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grpo_t2i.yaml", "grpo_format.yaml"])
+def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
+    from janus_ft.recipe.grpo import check_grpo
+    from janus_ft.train.grpo import grpo_arguments
+
+    recipe = load_recipe(REPO / "recipes" / name, [f"output_dir={tmp_path}"])
+    check_grpo(recipe.grpo, recipe.train.per_device_train_batch_size, 1, 1)
+    args = grpo_arguments(recipe, 5, has_eval=True)
+    # The Trainer's batch is prompts: each brings num_generations completions.
+    assert args.per_device_train_batch_size * recipe.grpo.num_generations == recipe.train.per_device_train_batch_size
+    assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
