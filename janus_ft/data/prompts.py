@@ -81,4 +81,4 @@ def load_prompts(sources, seed: int) -> list[Prompt]:
     """The prompts of a recipe's sources (`DataSource`s), the first bad record raising."""
     from .sources import read_source
 
-    return [p for src in sources for p in read_source(src, seed, parse=parse_prompt)]
+    return [p for src in sources for p in read_source(src, seed, parse=parse_prompt, every_column=True)]

@@ -41,13 +41,15 @@ _BATCH = 1024   # rows converted to Python at a time: bounded memory for sources
 
 
 def read_source(src: DataSource, seed: int = DEFAULT_SEED, errors: list | None = None,
-                parse: Callable = parse_record) -> list[Record]:
+                parse: Callable = parse_record, every_column: bool = False) -> list[Record]:
     """The records of one source. With `errors`, bad records (and a source that cannot be read)
     are collected there and skipped; without, the first one raises. `parse(fields, path, where)`
-    validates a row (`records.parse_record`; preference pairs: `preference.parse_pair`)."""
+    validates a row (`records.parse_record`; preference pairs: `preference.parse_pair`).
+    `every_column` keeps a `datasets` source's other columns as fields too, as a JSONL line keeps
+    every key (GRPO prompts hand them to the reward functions)."""
     records: list[Record] = []
     try:
-        rows = jsonl_rows(src, seed) if source_kind(src) == "jsonl" else dataset_rows(src, seed)
+        rows = jsonl_rows(src, seed) if source_kind(src) == "jsonl" else dataset_rows(src, seed, every_column)
         for where, fields in rows:
             try:
                 records.append(parse(fields(), Path(src.label), where))
@@ -147,11 +149,13 @@ def jsonl_fields(text: str, path: Path, number: int, src: DataSource):
     return map_fields(decode_line(text, path, number), src.columns, _constants(src))
 
 
-def dataset_rows(src: DataSource, seed: int) -> Iterator[tuple[str, Callable]]:
+def dataset_rows(src: DataSource, seed: int, every_column: bool = False) -> Iterator[tuple[str, Callable]]:
     dataset, base = open_dataset(src)
     if len(dataset) == 0:
         raise BadRecord(src.label, None, None, "no records: the dataset has no rows")
-    dataset = dataset.select_columns(needed_columns(dataset.column_names, src))
+    needed = needed_columns(dataset.column_names, src)
+    if not every_column:
+        dataset = dataset.select_columns(needed)
     taken = taken_rows(len(dataset), src, seed)
     if taken != list(range(len(dataset))):
         dataset = dataset.select(taken)

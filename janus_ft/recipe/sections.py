@@ -30,7 +30,9 @@ class ModelArgs:
 # What `columns` may map a source's columns onto (the JSONL record fields, docs/data.md).
 RECORD_FIELDS = ("query", "response", "images", "history", "system", "messages", "task",
                  # preference pairs (janus-ft dpo)
-                 "prompt", "chosen", "rejected", "rejected_response", "rejected_images")
+                 "prompt", "chosen", "rejected", "rejected_response", "rejected_images",
+                 # GRPO prompts: the answer verifiable rewards compare with (other columns pass as they are)
+                 "solution")
 
 
 @dataclass
