@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_jsonl
+from conftest import need, write_jsonl
 from PIL import Image
 
 from janus_ft.cli import main
@@ -287,7 +287,9 @@ def test_precomputed_reference_gives_the_losses_of_the_live_reference(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_like_one_process(tmp_path):
+@pytest.mark.parametrize("launch", ["ddp", "zero2"])
+def test_two_gloo_ranks_train_like_one_process(tmp_path, launch):
+    """Two ranks (DDP, or DeepSpeed ZeRO-2 through accelerate) train like one process."""
     import os
     import subprocess
     import sys
@@ -302,9 +304,14 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "janus_ft.cli",
            "dpo", "--recipe", str(REPO / "recipes/dpo_mixed.yaml"), *common, "train.per_device_train_batch_size=2",
            f"output_dir={ranks}"]
+    if launch == "zero2":
+        need("deepspeed")
+        cmd.append("train.deepspeed=recipes/deepspeed/zero2.json")
     run = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    if launch == "zero2":   # DeepSpeed really ran: it logs its CPU communication op (a DDP run never mentions it)
+        assert "DeepSpeed" in run.stdout + run.stderr
     logs = [[e for e in json.loads((d / "trainer_state.json").read_text())["log_history"] if "loss" in e]
             for d in (single, ranks)]
     assert len(logs[0]) == len(logs[1]) == 3

@@ -32,19 +32,23 @@ def evals(history, key="eval_reward"):
     return [e[key] for e in history if key in e]
 
 
-@pytest.mark.slow   # about a minute: decoding 360 images through the 128-channel VQ decoder dominates
+@pytest.mark.slow   # one to two minutes: decoding 680 images through the 128-channel VQ decoder dominates
 def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
-    """Held-out captions (new subjects) drawn redder after 20 steps. Measured (1 thread, train.seed 0 / 1 / 2):
-    +0.150 / +0.024 / +0.165 from about 0.59; at seed 42 (this test) see the note below."""
+    """Held-out captions (new subjects) drawn redder after 20 steps of 2 captions x 16 images.
+
+    Measured (1 thread, held-out reward before -> after, train.seed 42 / 0 / 1 / 3): +0.124 / +0.063 /
+    +0.110 / +0.143 from about 0.59. With 8 images per caption the rise was +0.135 / +0.150 / +0.024 /
+    -: a group of 8 estimates the advantages too roughly for a 20-step run to be sure of a rise.
+    """
     recipe = load_recipe(REPO / "recipes/grpo_t2i.yaml", [
         f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=20", "train.eval_steps=20",
-        "train.per_device_train_batch_size=16", "train.learning_rate=2e-2", "train.save_steps=100",
-        "train.disable_tqdm=true", "grpo.num_generations_eval=2", "train.eval_images=4"])
+        "grpo.num_generations=16", "train.per_device_train_batch_size=32", "train.learning_rate=2e-2",
+        "train.save_steps=100", "train.disable_tqdm=true", "grpo.num_generations_eval=4", "train.eval_images=4"])
     history = run_grpo(recipe).log_history
     before, after = evals(history)[0], evals(history)[-1]
     print(f"held-out colour reward {before:.3f} -> {after:.3f}; train curve "
           f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
-    assert after - before > 0.05
+    assert after - before > 0.03
     assert (tmp_path / "run/samples/step-20.png").is_file() and (tmp_path / "run/adapter_model.safetensors").is_file()
     assert (tmp_path / "run/reward.png").is_file()
     train = [e for e in history if "reward" in e]
