@@ -15,6 +15,7 @@ import sys
 
 from ..errors import UserError
 from ..train.console import quiet_third_party
+from ..train.distributed import end_processes
 
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -95,4 +96,6 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"janus-ft {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        end_processes()
 

@@ -49,6 +49,17 @@ def process_lost(err: Exception) -> bool:
     return isinstance(err, dist.DistError) or "gloo/transport" in str(err)
 
 
+def end_processes() -> None:
+    """Leave the process group before the interpreter exits (accelerate's `end_training` does the
+    same). Left to interpreter shutdown, gloo's worker threads can be torn down while still joinable
+    and abort the process ("terminate called without an active exception") after a run that
+    finished and saved: measured in 1 of 4 two-rank runs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     """Processes training together (torchrun / accelerate launch), from the process group itself."""
     return distributed_state().num_processes
