@@ -145,3 +145,27 @@ def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
     # The Trainer's batch is prompts: each brings num_generations completions.
     assert args.per_device_train_batch_size * recipe.grpo.num_generations == recipe.train.per_device_train_batch_size
     assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
+
+
+@pytest.mark.slow
+def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
+    """Each rank samples its own prompts; the logged rewards are the step's, over every rank, as one
+    process logs them. The reward here is a number each prompt carries (not the completion's), so
+    a step's mean depends only on which prompts it drew."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"query": f"Say {i}.", "v": i} for i in range(16)])
+    (tmp_path / "value.py").write_text("def value(prompts, completions, v, **fields):\n"
+                                       "    return [float(x) for x in v]\n")
+    args = [f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=2", "grpo.max_completion_length=1",
+            "train.max_steps=3", "train.logging_steps=1", "train.disable_tqdm=true", "train.save_steps=1000",
+            f"grpo.rewards=[{{fn: '{tmp_path / 'value.py'}:value'}}]"]
+    recipe = str(REPO / "recipes/grpo_format.yaml")
+    one = run_grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "janus_ft.cli",
+           "grpo", "--recipe", recipe, *args, "train.per_device_train_batch_size=4", f"output_dir={tmp_path / 'two'}"]
+    run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    two = json.loads((tmp_path / "two/trainer_state.json").read_text())["log_history"]
+    want = [e["reward"] for e in one.log_history if "reward" in e]
+    got = [e["reward"] for e in two if "reward" in e]
+    assert len(got) == len(want) == 3 and len(set(want)) > 1
+    assert got == pytest.approx(want, abs=1e-6)

@@ -208,10 +208,25 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         return 0   # inputs are prompt indices: transformers' token-count estimate does not apply
 
     def log(self, logs: dict, start_time=None) -> None:
-        if "loss" in logs:
-            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+        if "loss" in logs:   # every rank logs at the same steps (the Trainer reduces the loss there too)
+            logs.update(mean_over_ranks({k: v for k, v in self._metrics.items() if v}, self.accelerator))
             self._metrics.clear()
         super().log(logs, start_time)
+
+
+def mean_over_ranks(metrics: dict[str, list[float]], accelerator) -> dict[str, float]:
+    """Each metric's mean over the values every rank collected since the last log: each rank
+    samples its own prompts, so one rank's rewards are only part of the step. Ranks may hold
+    different keys (a rank whose prompts were all images has no text lengths), hence objects."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, list[float]] = defaultdict(list)
+        for part in gather_object([metrics]):
+            for key, values in part.items():
+                merged[key] += values
+        metrics = merged
+    return {k: sum(v) / len(v) for k, v in metrics.items()}
 
     # ---- held-out evaluation --------------------------------------------------------------------
 
