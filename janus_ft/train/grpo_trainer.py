@@ -213,21 +213,6 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
-
-def mean_over_ranks(metrics: dict[str, list[float]], accelerator) -> dict[str, float]:
-    """Each metric's mean over the values every rank collected since the last log: each rank
-    samples its own prompts, so one rank's rewards are only part of the step. Ranks may hold
-    different keys (a rank whose prompts were all images has no text lengths), hence objects."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        merged: dict[str, list[float]] = defaultdict(list)
-        for part in gather_object([metrics]):
-            for key, values in part.items():
-                merged[key] += values
-        metrics = merged
-    return {k: sum(v) / len(v) for k, v in metrics.items()}
-
     # ---- held-out evaluation --------------------------------------------------------------------
 
     def evaluate(self, *args, **kwargs) -> dict:
@@ -269,3 +254,18 @@ def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, see
     out = {"eval_reward": total.mean().item()}
     out.update({f"eval_rewards/{r.label}": table[:, j].mean().item() for j, r in enumerate(sampler.rewards)})
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def mean_over_ranks(metrics: dict[str, list[float]], accelerator) -> dict[str, float]:
+    """Each metric's mean over the values every rank collected since the last log: each rank
+    samples its own prompts, so one rank's rewards are only part of the step. Ranks may hold
+    different keys (a rank whose prompts were all images has no text lengths), hence objects."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, list[float]] = defaultdict(list)
+        for part in gather_object([metrics]):
+            for key, values in part.items():
+                merged[key] += values
+        metrics = merged
+    return {k: sum(v) / len(v) for k, v in metrics.items()}
