@@ -7,7 +7,6 @@ recipe, mixture and loss plot. Everything but the pair data and the loss is `jan
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from ..data.sources import read_source
 from ..errors import UserError
 from ..recipe import Recipe, parse_source
 from ..recipe.dpo import validate_dpo
-from .console import summary
 from .distributed import distributed_state, world_size
-from .sft import SftResult, claim_output_dir, evaluated_at, save_outputs, sft_config, train
+from .sft import SftResult, claim_output_dir, finish, sft_config, train
 
 logger = get_logger(__name__)
 
@@ -147,16 +145,4 @@ def run_dpo(recipe: Recipe) -> SftResult:
                                  trainer.args.device, unconditional=blank)
         logger.info(f"reference log-probs precomputed in {time.monotonic() - ref_started:.1f} s")
     train(trainer, resume_from, stopper)
-    if trainer.skipped_batches:
-        logger.warning(f"{trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
-    if stopper.received:
-        logger.warning(f"stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
-                       f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
-        return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
-    if eval_set is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
-        trainer.evaluate()
-    save_outputs(trainer, processor, out)
-    for line in summary(trainer.state.log_history, trainer.state.global_step, time.monotonic() - started,
-                        out).splitlines():
-        logger.info(line)
-    return SftResult(out, trainer.model, trainer.state.log_history)
+    return finish(trainer, stopper, processor, out, started, evaluate_last=eval_set is not None)

@@ -208,13 +208,19 @@ def run_sft(recipe: Recipe) -> SftResult:
     train(trainer, resume_from, stopper)
     if getattr(mixture, "bad", 0):
         logger.warning(f"{mixture.bad} bad record(s) skipped in the stream (data.max_bad_records={recipe.data.max_bad_records})")
+    return finish(trainer, stopper, processor, out, started, evaluate_last=eval_set is not None)
+
+
+def finish(trainer, stopper: SignalCheckpoint, processor, out: Path, started: float, evaluate_last: bool) -> SftResult:
+    """The end every trainer shares: counts of skipped batches, the stop message after a signal,
+    a last evaluation when the last step had none, the outputs and the summary."""
     if trainer.skipped_batches:
         logger.warning(f"{trainer.skipped_batches} micro-batch(es) skipped for a non-finite loss (train.nan_policy=skip)")
     if stopper.received:
         logger.warning(f"stopped by {signal.Signals(stopper.received).name} at step {trainer.state.global_step}; "
                        f"checkpoint-{trainer.state.global_step} saved in {out}. Continue with train.resume=true")
         return SftResult(out, trainer.model, trainer.state.log_history, stopper.received)
-    if eval_set is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
+    if evaluate_last and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
     save_outputs(trainer, processor, out)   # every rank: ZeRO-3 gathers the sharded weights to save them
     for line in summary(trainer.state.log_history, trainer.state.global_step, time.monotonic() - started,
