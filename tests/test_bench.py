@@ -4,6 +4,7 @@ tokens, FLOPs and losses), and model FLOPs follow the stated formula."""
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,18 @@ RATES = ("samples_per_s", "supervised_tokens_per_s", "real_tokens_per_s", "step_
          "peak_memory_bytes", "model_flops_per_step", "model_flops_per_s", "mfu")
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def run_bench(out: Path, *extra: str) -> dict:
     code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "train.disable_tqdm=true",
-                 "--steps", "2", "--warmup", "1", "--compare", "bare", "--in-process", "--json", str(out)])
+                 "--steps", "2", "--warmup", "1", "--compare", "bare", "--in-process", *extra, "--json", str(out)])
     assert code == 0
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module", params=["separate", "interleaved"])
+def report(request, tmp_path_factory, tiny_dir):
+    """The two variants one after the other, and taking turns step by step (--interleave)."""
+    extra = ["--interleave"] if request.param == "interleaved" else []
+    return run_bench(tmp_path_factory.mktemp("bench") / "bench.json", *extra)
 
 
 def test_every_number_is_reported(report):
@@ -56,6 +62,41 @@ def test_bare_loop_trains_on_the_same_batches(report):
     assert bare["totals"] == framework["totals"]
     # same LoRA initialisation, loss, AdamW and schedule: the second step's loss agrees too
     assert bare["losses"] == pytest.approx(framework["losses"], rel=1e-4)
+
+
+def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch):
+    """--interleave: a bare step right after each even janus-ft step and right before each odd one
+    (J B B J J B ...), each pair on the same batch; janus-ft's step time leaves the bare step out."""
+    from janus_ft.bench import run
+    from janus_ft.train.trainer import JanusTrainer
+
+    order = []
+    training_step, bare_step = JanusTrainer.training_step, run.BareLoop.step
+
+    def janus(self, *args, **kwargs):
+        order.append("J")
+        return training_step(self, *args, **kwargs)
+
+    def bare(self):
+        order.append("B")
+        bare_step(self)
+        time.sleep(0.3)   # work between janus-ft's steps that is not janus-ft's
+
+    monkeypatch.setattr(JanusTrainer, "training_step", janus)
+    monkeypatch.setattr(run.BareLoop, "step", bare)
+    report = run_bench(tmp_path / "bench.json", "--interleave")
+    # the demo accumulates 2 micro-batches a step; 1 warm-up + 2 measured steps
+    assert "".join(order) == "JJB" + "BJJ" + "JJB"
+    framework, bare_result = report["variants"]
+    assert report["interleaved"] and bare_result["totals"] == framework["totals"]
+    assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)
+    assert framework["median_step_time_s"] < 0.25   # the bare half's time is left out of janus-ft's step
+
+
+def test_interleave_is_refused_without_bare(tmp_path, tiny_dir, capsys):
+    code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "--steps", "1",
+                 "--compare", "checkpointing", "--interleave"])
+    assert code == 2 and "--interleave" in capsys.readouterr().err
 
 
 def test_model_flops_follow_the_formula(tiny_model):

@@ -13,6 +13,13 @@ second, `janus_ft.throughput`, over a matmul timed on the same device in the sam
 
 Timing wraps the trainer's own stages (a subclass hook per stage, plus callbacks), with a device
 synchronisation at each boundary so GPU work is charged to the stage that launched it.
+
+`--interleave` (with `--compare bare` only) runs janus-ft and the bare loop in one process, one
+step each in turn, on two copies of the model: janus-ft step k and bare step k train on batch k
+seconds apart, in the order J B B J J B ..., so a machine whose speed drifts between processes or
+over minutes (a shared cloud host: the same run's median step moved by a third between processes
+on an idle 2-core VM) shifts both halves of a pair alike. The ratio is then the framework's cost
+alone, to within the step-to-step noise. Peak memory is the shared process's, so not per variant.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 BASELINE = "janus-ft"
+INTERLEAVED = "janus-ft+bare"   # a child process's --variant under --interleave
 COMPARISONS = {"bare": "bare", "cache": "reencode", "checkpointing": "checkpointing"}
 
 
@@ -48,17 +57,30 @@ def benchmark(args) -> dict:
         recipe.model.path = str(random_model_path(args.random_model))
     from ..tiny import ensure_tiny
     ensure_tiny(recipe.model.path)
-    variants = [args.variant] if args.variant else variant_names(args.compare)
+    variants = variant_names(args.compare)
+    if args.interleave and variants != [BASELINE, "bare"]:
+        raise RecipeError("--interleave pairs janus-ft with the bare loop: use it with --compare bare alone")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(recipe)
     from .throughput import peak_matmul_flops, speed_vs
     peak = args.peak_flops or peak_matmul_flops(device, dtype)
-    order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
-    if len(variants) > 1 and not args.in_process:
-        runs = [run_child(args, name, peak) for name in order]
-    else:
+    if args.variant:   # a child process of the loop below: one variant, or one interleaved pair
+        variants = variants if args.variant == INTERLEAVED else [args.variant]
         setup = Setup(recipe)
-        runs = [bench_variant(recipe, name, setup, args.steps, args.warmup, peak) for name in order]
+        runs = (bench_interleaved(recipe, setup, args.steps, args.warmup, peak) if args.variant == INTERLEAVED
+                else [bench_variant(recipe, args.variant, setup, args.steps, args.warmup, peak)])
+    elif args.interleave:   # each round one process holding both, a fresh process per round
+        setup = Setup(recipe) if args.in_process else None
+        runs = [run for _ in range(args.rounds)
+                for run in (bench_interleaved(recipe, setup, args.steps, args.warmup, peak) if args.in_process
+                            else run_child(args, INTERLEAVED, peak))]
+    else:
+        order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
+        if len(variants) > 1 and not args.in_process:
+            runs = [run for name in order for run in run_child(args, name, peak)]
+        else:
+            setup = Setup(recipe)
+            runs = [bench_variant(recipe, name, setup, args.steps, args.warmup, peak) for name in order]
     if not args.peak_flops:   # a busy machine lowers one reading: keep the better of before and after
         peak = max(peak, peak_matmul_flops(device, dtype))
     results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
@@ -68,7 +90,8 @@ def benchmark(args) -> dict:
     report = {"command": command_line(args), "machine": machine(device), "recipe": args.recipe, "overrides": args.overrides,
               "model": {"path": recipe.model.path, "dtype": recipe.model.dtype,
                         "quantization": recipe.model.quantization, "random_model": args.random_model},
-              "steps": args.steps, "warmup": args.warmup, "compute_dtype": str(dtype).replace("torch.", ""),
+              "steps": args.steps, "warmup": args.warmup, "interleaved": bool(args.interleave),
+              "compute_dtype": str(dtype).replace("torch.", ""),
               "peak_matmul_flops": peak, "variants": results}
     return report
 
@@ -143,44 +166,90 @@ class Setup:
 
 
 def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak: float) -> dict:
-    from ..data.collate import JanusCollator
-    from ..model.lora import apply_lora
-    from ..train.sft import sft_config, training_schedule
-    from .throughput import FlopModel, PeakMemory, StepTimer, summarize
+    from .throughput import PeakMemory, summarize
 
     recipe = copy.deepcopy(recipe)
     recipe.train.gradient_checkpointing = name == "checkpointing" or recipe.train.gradient_checkpointing
     with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as out:
         recipe.output_dir = out
-        recipe.train.extra = {**recipe.train.extra, "save_strategy": "no"}
-        model = setup.take_model(recipe)
-        torch.manual_seed(recipe.train.seed)   # the same LoRA initialisation in every variant
-        model = apply_lora(model, recipe.lora)
-        n_steps = recipe.train.max_steps = warmup + steps
-        mixture, _, _ = training_schedule(recipe, setup.train_sets)
-        collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
-                                 image_token_id=model.config.image_token_id)
-        args = sft_config(recipe, n_steps, has_eval=False)
-        timer = StepTimer(FlopModel.of(model), args.device)
+        model, mixture, collator, args, timer = prepare(recipe, setup, warmup + steps)
         reencode = Reencoder(model, setup.train_sets) if name == "reencode" else None
         memory = PeakMemory(args.device)
         if name == "bare":
-            bare_loop(model, mixture, collator, args, n_steps, timer)
+            loop = BareLoop(model, mixture, collator, args, warmup + steps, timer)
+            for _ in range(warmup + steps):
+                loop.step()
         else:
             trainer_loop(model, mixture, collator, args, setup.processor, timer, reencode)
         result = summarize(name, timer.steps[warmup:], peak, memory.read())
         if reencode is not None:
             result["reencoded_codes_differing"] = reencode.differing
     del model
+    release_memory()
+    return result
+
+
+def bench_interleaved(recipe, setup: Setup | None, steps: int, warmup: int, peak: float) -> list[dict]:
+    """janus-ft and the bare loop in this process, a step of each in turn on the same batch (see
+    the module docstring): bare step k runs right after janus-ft step k when k is even, right
+    before it when k is odd, and its time is taken out of janus-ft's step."""
+    from .throughput import PeakMemory, summarize
+
+    setup = setup or Setup(recipe)
+    recipe = copy.deepcopy(recipe)
+    n_steps = warmup + steps
+    with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as out:
+        recipe.output_dir = out
+        model, mixture, collator, args, timer = prepare(recipe, setup, n_steps)
+        twin, _, _, _, bare_timer = prepare(recipe, setup, n_steps)
+        memory = PeakMemory(args.device)
+        bare = BareLoop(twin, mixture, collator, args, n_steps, bare_timer)
+
+        def between(before_step: bool, step: int) -> None:
+            if before_step == (step % 2 == 1):
+                wall, cpu = timer.now(), time.process_time()
+                bare.step()
+                timer.exclude(timer.now() - wall, time.process_time() - cpu)
+
+        trainer_loop(model, mixture, collator, args, setup.processor, timer, between=between)
+        shared = memory.read()
+        results = [summarize(name, t.steps[warmup:], peak, shared) for name, t in ((BASELINE, timer), ("bare", bare_timer))]
+    del model, twin, bare
+    release_memory()
+    return results
+
+
+def prepare(recipe, setup: Setup, n_steps: int):
+    """A model with LoRA (the same initialisation every time), the mixture, collator, training
+    arguments and a step timer: what either loop needs."""
+    from ..data.collate import JanusCollator
+    from ..model.lora import apply_lora
+    from ..train.sft import sft_config, training_schedule
+    from .throughput import FlopModel, StepTimer
+
+    recipe.train.extra = {**recipe.train.extra, "save_strategy": "no"}
+    model = setup.take_model(recipe)
+    torch.manual_seed(recipe.train.seed)
+    model = apply_lora(model, recipe.lora)
+    recipe.train.max_steps = n_steps
+    mixture, _, _ = training_schedule(recipe, setup.train_sets)
+    collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                             image_token_id=model.config.image_token_id)
+    args = sft_config(recipe, n_steps, has_eval=False)
+    return model, mixture, collator, args, StepTimer(FlopModel.of(model), args.device)
+
+
+def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return result
 
 
 # --- the two loops -----------------------------------------------------------------------------
 
-def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None) -> None:
+def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None, between=None) -> None:
+    """Train with janus_ft's trainer, timed by stage. `between(before_step, step)`, if given, is
+    called at each step's begin (True) and end (False); it must charge its own time off `timer`."""
     from transformers import TrainerCallback
 
     from ..train.trainer import JanusTrainer
@@ -218,8 +287,14 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
         def on_optimizer_step(self, args, state, control, **kwargs):   # gradient clipping + step
             timer.add("optimizer", timer.now() - timer.last_backward_end)
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            if between is not None:
+                between(True, state.global_step)
+
         def on_step_end(self, args, state, control, **kwargs):
             timer.end_step()
+            if between is not None:
+                between(False, state.global_step - 1)
 
         def on_train_begin(self, args, state, control, **kwargs):
             timer.restart()
@@ -229,49 +304,57 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
     trainer.train()
 
 
-def bare_loop(model, mixture, collator, args, n_steps: int, timer) -> None:
-    """The same training with nothing but PyTorch: what the framework is measured against."""
-    from accelerate.utils import send_to_device
-    from transformers import get_scheduler
+class BareLoop:
+    """The same training with nothing but PyTorch: what the framework is measured against. Built
+    once, then `step()` runs one optimizer step (so it can also take turns with the trainer)."""
 
-    from ..model.loss import compute_loss_parts, core_model
+    def __init__(self, model, mixture, collator, args, n_steps: int, timer):
+        from accelerate.utils import send_to_device
+        from transformers import get_scheduler
 
-    device = torch.device(args.device)
-    if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
-        model.to(device)
-    model.train()
-    if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
-    loader = torch.utils.data.DataLoader(
-        mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
-        num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                  fused="fused" in str(args.optim))
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.warmup_steps, n_steps)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
-    batches = iter(loader)
-    timer.restart()
-    for _ in range(n_steps):
+        from ..model.loss import compute_loss_parts, core_model
+
+        self.send, self.loss_parts = send_to_device, compute_loss_parts
+        self.model, self.args, self.timer = model, args, timer
+        self.device = torch.device(args.device)
+        if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
+            model.to(self.device)
+        model.train()
+        if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+        loader = torch.utils.data.DataLoader(
+            mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
+            num_workers=args.dataloader_num_workers, pin_memory=self.device.type == "cuda")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                           eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                           fused="fused" in str(args.optim))
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.warmup_steps, n_steps)
+        self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16
+                         else contextlib.nullcontext)
+        self.batches = iter(loader)
+
+    def step(self) -> None:
+        args, timer, model = self.args, self.timer, self.model
+        timer.restart()
         with timer.part("data"):
-            micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+            micro = [next(self.batches) for _ in range(args.gradient_accumulation_steps)]
         n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         for batch in micro:
             timer.count(batch)
             with timer.part("forward"):   # the move to the device included, as in the trainer
-                batch = send_to_device(batch, device, non_blocking=True)
-                with autocast():
-                    loss = compute_loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
+                batch = self.send(batch, self.device, non_blocking=True)
+                with self.autocast():
+                    loss = self.loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
             with timer.part("backward"):
                 loss.backward()
             timer.loss += loss.item()
         with timer.part("optimizer"):
             if args.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         timer.end_step()
 
 
@@ -326,8 +409,9 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
 
 # --- isolation and output ----------------------------------------------------------------------
 
-def run_child(args, name: str, peak: float) -> dict:
-    """One variant in a fresh Python process: its peak RSS is its own."""
+def run_child(args, name: str, peak: float) -> list[dict]:
+    """One variant (or, under --interleave, the pair) in a fresh Python process: its peak RSS is
+    its own."""
     with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "janus_ft.cli", "bench", "--recipe", args.recipe, *args.overrides,
@@ -335,19 +419,22 @@ def run_child(args, name: str, peak: float) -> dict:
                "--peak-flops", repr(peak), "--json", str(out)]
         if args.random_model:
             cmd += ["--random-model", args.random_model]
+        if args.interleave:
+            cmd += ["--compare", "bare", "--interleave"]
         code = subprocess.run(cmd).returncode
         if code == 2:   # bad input: the child has printed the message naming it
             from ..errors import UserError
             raise UserError(f"benchmark variant {name!r} stopped on the input above")
         if code != 0:
             raise RuntimeError(f"benchmark variant {name!r} failed (command: {' '.join(cmd)})")
-        return json.loads(out.read_text())["variants"][0]
+        return json.loads(out.read_text())["variants"]
 
 
 def command_line(args) -> str:
     parts = ["janus-ft bench --recipe", args.recipe, *map(shlex.quote, args.overrides),
              f"--steps {args.steps} --warmup {args.warmup}"]
-    parts += [f"--compare {c}" for c in args.compare] + ([f"--rounds {args.rounds}"] if args.rounds > 1 else [])
+    parts += [f"--compare {c}" for c in args.compare] + (["--interleave"] if args.interleave else [])
+    parts += [f"--rounds {args.rounds}"] if args.rounds > 1 else []
     parts += [f"--random-model {args.random_model}"] if args.random_model else []
     return " ".join(parts)
 
@@ -394,7 +481,8 @@ def format_table(report: dict) -> str:
     head = (f"janus-ft bench: {report['steps']} steps after {report['warmup']} warm-up, "
             f"{m.get('gpu') or m['cpu']} ({m['torch_threads']} threads), "
             f"peak {report['compute_dtype']} matmul {report['peak_matmul_flops'] / 1e12:.3g} TFLOP/s, "
-            f"memory = {base['memory_kind']}")
+            f"memory = {base['memory_kind']}"
+            + (" of the process both variants shared (--interleave)" if report.get("interleaved") else ""))
     lines = [head, f"{'':<28}" + "".join(f"{v['name']:>{width}}" for v in variants)]
     for label, cell in rows:
         lines.append(f"{label:<28}" + "".join(f"{cell(v):>{width}}" for v in variants))

@@ -162,6 +162,12 @@ class StepTimer:
         self.parts, self.stats, self.loss = dict.fromkeys(STAGES, 0.0), {}, 0.0
         self.last_backward_end = self.moved_at = self.start
 
+    def exclude(self, wall: float, cpu: float) -> None:
+        """Leave out of the open step work done meanwhile for something else (the other half of an
+        interleaved pair)."""
+        self.start += wall
+        self.cpu_start += cpu
+
     @contextlib.contextmanager
     def part(self, name: str):
         start = self.now()

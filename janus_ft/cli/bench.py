@@ -24,6 +24,10 @@ def configure(parser) -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the variants N times, reversing their order every other round (A B, B A, ...), "
                              "so a machine that gets busier or quieter favours none of them")
+    parser.add_argument("--interleave", action="store_true",
+                        help="with --compare bare: janus-ft and the bare loop in one process, a step of each in "
+                             "turn on the same batch, so drift of the machine's speed cancels in each pair "
+                             "(memory is then the pair's)")
     parser.add_argument("--in-process", action="store_true",
                         help="run all variants in this process (faster to start, but later variants find "
                              "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")
