@@ -24,14 +24,31 @@ N_TOKENS = 16
 
 
 def _reference_codes(model, processor, seed: int, n: int, cfg: float, temperature: float = 1.0):
-    """transformers' path as its docs show it: chat template, processor in image mode, generate."""
+    """transformers' path as its docs show it: chat template, processor in image mode, generate --
+    sampling the whole guided distribution as DeepSeek's sampler does (`top_k=0`: transformers'
+    default would keep the 50 likeliest codes)."""
     messages = [{"role": "user", "content": [{"type": "text", "text": CAPTION}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=text, generation_mode="image", return_tensors="pt")
     torch.manual_seed(seed)
     with torch.no_grad():
         return model.generate(**inputs, generation_mode="image", guidance_scale=cfg, do_sample=True,
-                              temperature=temperature, num_return_sequences=n)
+                              temperature=temperature, num_return_sequences=n, top_k=0)
+
+
+@torch.no_grad()
+def _greedy_codes(model, ids: torch.Tensor) -> list[int]:
+    """Greedy image codes from one prompt with no guidance at all, the plain way: the whole
+    sequence re-run every step, the generation head's argmax fed back through the generation
+    embeddings and aligner."""
+    embeds = model.get_input_embeddings()(ids[None])
+    codes = []
+    for _ in range(N_TOKENS):
+        hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state[:, -1]
+        code = model.model.generation_head(hidden).argmax(-1)
+        codes.append(int(code))
+        embeds = torch.cat([embeds, model.prepare_embeddings_for_image_generation(code[:, None])], dim=1)
+    return codes
 
 
 def test_prompt_is_the_training_generation_prompt(tiny_base):
@@ -56,7 +73,38 @@ def test_generation_config_ids_come_from_the_tokenizer(tiny_base):
     assert config.pad_token_id == tok.pad_token_id
     assert config.generation_kwargs["boi_token_id"] == tok.convert_tokens_to_ids("<begin_of_image>")
     assert (config.guidance_scale, config.temperature, config.num_return_sequences) == (3.0, 0.7, 2)
+    assert (config.top_k, config.top_p) == (0, 1.0)   # the whole distribution, as DeepSeek samples
     assert model.generation_config.guidance_scale == 5.0  # the model's own config is untouched
+
+
+def test_sampling_draws_from_every_code(tiny_base):
+    """No hidden top-k: at a high temperature the first code of 128 images takes far more than
+    the 50 values transformers' default `top_k=50` would allow (about 100 of 256 expected)."""
+    from janus_ft.infer.generate import sample_codes
+
+    model, processor = tiny_base
+    codes = sample_codes(model, processor, CAPTION, "janus-pro", n=128, cfg=5.0, temperature=100.0, seed=0)
+    assert len(set(codes[:, 0].tolist())) > 70
+    capped = sample_codes(model, processor, CAPTION, "janus-pro", n=128, cfg=5.0, temperature=100.0, seed=0, top_k=50)
+    assert len(set(capped[:, 0].tolist())) <= 50
+
+
+def test_guidance_one_and_zero_sample_the_conditional_and_unconditional_prompts(tiny_base):
+    """cfg 1 is the caption's own distribution and cfg 0 the unconditional prompt's (BOS and
+    <begin_of_image> kept, the rest pad): transformers' Janus generate failed at both."""
+    from janus_ft.infer.generate import sample_codes
+    from janus_ft.janus import SpecialIds
+
+    model, processor = tiny_base
+    ids = prompt_inputs(processor, CAPTION, "janus-pro")["input_ids"][0]
+    special = SpecialIds.from_tokenizer(processor.tokenizer)
+    blank = torch.where((ids == special.bos) | (ids == special.boi), ids, torch.full_like(ids, special.pad))
+    conditional, unconditional = _greedy_codes(model, ids), _greedy_codes(model, blank)
+    assert conditional != unconditional
+    for cfg, want in ((1.0, conditional), (0.0, unconditional)):
+        got = sample_codes(model, processor, CAPTION, "janus-pro", n=1, cfg=cfg, temperature=0.0)
+        assert got[0].tolist() == want, cfg
+    assert sample_codes(model, processor, CAPTION, "janus-pro", n=1, cfg=5.0, temperature=0.0)[0].tolist() != conditional
 
 
 def test_generate_matches_transformers_and_writes_decoded_pngs(tiny_base, tiny_dir, tmp_path):

@@ -97,6 +97,8 @@ def test_reward_file_and_recipe_mistakes_exit_2_before_a_model_loads(tmp_path, c
     assert "grpo.use_vllm" in capsys.readouterr().err
     assert main(base + ["train.per_device_train_batch_size=5"]) == 2
     assert "multiple of grpo.num_generations" in capsys.readouterr().err
+    assert main(base + ["grpo.guidance_scale=-1"]) == 2
+    assert "grpo.guidance_scale must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

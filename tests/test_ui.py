@@ -14,6 +14,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import need, random_adapter
@@ -235,6 +236,19 @@ def test_sampled_answers_equal_janus_ft_chat_with_the_same_seed(server, tiny_dir
                  "--system", system, "--max-new-tokens", "24", "--temperature", "0.9", "--top-p", "0.95",
                  "--seed", "5", "--no-stream"]) == 0
     assert shown == capsys.readouterr().out.strip() and shown
+
+
+def test_drawing_greedy_or_unguided(server, tiny_dir, tmp_path):
+    """Guidance 1 (the caption alone) draws what `janus-ft generate --cfg 1` draws; greedy with
+    several images is refused, as the CLI refuses it, instead of drawing one image n times."""
+    bench = server[1]
+    images = bench.draw("base", "a red square", 2, 1.0, 1.0, 3)
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "a red square", "--output", str(tmp_path),
+                 "--n", "2", "--cfg", "1", "--seed", "3"]) == 0
+    for i, image in enumerate(images):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(tmp_path / f"{i}.png")))
+    with pytest.raises(UserError, match="temperature 0 is greedy"):
+        bench.draw("base", "a red square", 2, 5.0, 0.0, 0)
 
 
 def test_page_errors_translate_user_errors_and_out_of_memory():

@@ -21,8 +21,11 @@ def configure(parser) -> None:
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="writes 0.png .. n-1.png, grid.png and codes.json here")
     parser.add_argument("--n", type=int, default=4, help="images to sample")
-    parser.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (Janus: 5)")
+    parser.add_argument("--cfg", type=float, default=5.0,
+                        help="classifier-free guidance scale (Janus: 5; 1 = no guidance, the caption's own distribution)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest codes (0 = all, as DeepSeek)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = off, as DeepSeek)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--format", default="auto", choices=["auto", "janus-pro", "janus"],
                         help="conversation format (default: from the chat template)")
@@ -34,15 +37,19 @@ def run(args) -> int:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.cfg < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        raise UserError(f"--cfg and --top-k must be >= 0 and 0 < --top-p <= 1, got {args.cfg}, {args.top_k}, {args.top_p}")
     if args.temperature == 0 and args.n > 1:
         raise UserError("--temperature 0 is greedy: every image would be the same; use --n 1 or sample")
     ensure_tiny(args.model)
     model, processor = load_for_inference(args.model, args.adapter, args.dtype)
     fmt = resolve_format(processor, args.format)
-    codes = sample_codes(model, processor, args.prompt, fmt, args.n, args.cfg, args.temperature, args.seed)
+    codes = sample_codes(model, processor, args.prompt, fmt, args.n, args.cfg, args.temperature, args.seed,
+                         args.top_k, args.top_p)
     images = decode_codes_to_pil(model, codes)
     out = save_images(images, Path(args.output))
-    meta = {"prompt": args.prompt, "cfg": args.cfg, "temperature": args.temperature, "seed": args.seed,
+    meta = {"prompt": args.prompt, "cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p, "seed": args.seed,
             "n": args.n, "model": args.model, "adapter": args.adapter, "codes": codes.tolist()}
     (out / "codes.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
     print(f"janus-ft generate: {args.n} image(s), grid.png and codes.json in {out}")

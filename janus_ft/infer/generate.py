@@ -32,28 +32,52 @@ def prompt_inputs(processor, caption: str, fmt: str) -> dict:
     return dict(processor(text=text, generation_mode="image", return_tensors="pt"))
 
 
-def image_generation_config(model, tokenizer, cfg: float, temperature: float, n: int):
+def image_generation_config(model, tokenizer, cfg: float, temperature: float, n: int, top_k: int = 0,
+                            top_p: float = 1.0):
     """The model's generation config with the ids CFG needs read from the tokenizer: the
     unconditional row keeps BOS and `<begin_of_image>` and pads the rest, and the pad id differs
-    between checkpoints (docs/janus.md)."""
+    between checkpoints (docs/janus.md).
+
+    `top_k=0, top_p=1` sample the whole guided distribution, as DeepSeek's reference sampler does;
+    transformers would otherwise fill in its global default `top_k=50`."""
     config = model.generation_config.__class__.from_dict(model.generation_config.to_dict())
     special = SpecialIds.from_tokenizer(tokenizer)
     config.bos_token_id, config.pad_token_id = special.bos, special.pad
     config.generation_kwargs = {**(config.generation_kwargs or {}), "boi_token_id": special.boi}
-    config.guidance_scale, config.num_return_sequences = cfg, n
-    config.do_sample = temperature > 0
+    # transformers' Janus generate guides only when the scale is above 1; at or below 1 (1: the
+    # conditional logits alone, 0: the unconditional ones) `sample_codes` brings the guidance
+    config.guidance_scale = cfg if cfg > 1 else 1.0
+    config.num_return_sequences, config.do_sample = n, temperature > 0
+    if config.do_sample:   # (greedy decoding warns about sampling settings it ignores)
+        config.top_k, config.top_p = top_k, top_p
     config.temperature = temperature if temperature > 0 else 1.0
     return config
 
 
+class Guidance:
+    """Classifier-free guidance at any scale: `uncond + scale * (cond - uncond)` over a batch whose
+    first half is conditional (the formula of DeepSeek's sampler; transformers' own processor
+    refuses scales <= 1, where its Janus generate then fails on the doubled batch)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, input_ids, scores):
+        cond, uncond = scores.chunk(2, dim=0)
+        return uncond + self.scale * (cond - uncond)
+
+
 @torch.no_grad()
 def sample_codes(model, processor, caption: str, fmt: str, n: int = 4, cfg: float = 5.0,
-                 temperature: float = 1.0, seed: int = 0) -> torch.LongTensor:
+                 temperature: float = 1.0, seed: int = 0, top_k: int = 0, top_p: float = 1.0) -> torch.LongTensor:
     """(n, num_image_tokens) VQ codes sampled for one caption, seeded for reproducibility."""
+    from transformers import LogitsProcessorList
+
     inputs = to_model(prompt_inputs(processor, caption, fmt), model)
-    config = image_generation_config(model, processor.tokenizer, cfg, temperature, n)
+    config = image_generation_config(model, processor.tokenizer, cfg, temperature, n, top_k, top_p)
+    guidance = LogitsProcessorList([] if cfg > 1 else [Guidance(cfg)])
     torch.manual_seed(seed)
-    codes = model.generate(**inputs, generation_mode="image", generation_config=config)
+    codes = model.generate(**inputs, generation_mode="image", generation_config=config, logits_processor=guidance)
     return codes.long().cpu()
 
 

@@ -60,10 +60,11 @@ def sample_text(model, processor, record: Record, fmt: str, n: int, temperature:
 
 
 def sample_images(model, processor, caption: str, fmt: str, n: int, cfg: float, temperature: float = 1.0,
-                  seed: int = 0) -> Rollout:
+                  seed: int = 0, top_p: float = 1.0, top_k: int = 0) -> Rollout:
     """`n` images (as VQ codes) for a caption, with CFG, as `janus-ft generate` draws them."""
     prompt = prompt_inputs(processor, caption, fmt)["input_ids"][0].tolist()
-    codes = sample_codes(model, processor, caption, fmt, n=n, cfg=cfg, temperature=temperature, seed=seed)
+    codes = sample_codes(model, processor, caption, fmt, n=n, cfg=cfg, temperature=temperature, seed=seed,
+                         top_k=top_k, top_p=top_p)
     return Rollout("generation", prompt, codes.tolist(), [False] * n)
 
 

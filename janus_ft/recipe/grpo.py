@@ -88,8 +88,8 @@ def check_grpo(g: GrpoArgs, batch: int, accumulation: int, processes: int) -> No
     if g.loss_type == "dapo" and (accumulation > 1 or processes > 1):
         raise RecipeError("grpo.loss_type=dapo normalises by the tokens of the whole step, which janus_ft knows only "
                           "with one micro-batch on one process: use grpo, bnpo or dr_grpo")
-    if g.guidance_scale <= 1:
-        # transformers' Janus `generate(generation_mode="image")` fails without the unconditional rows.
-        raise RecipeError(f"grpo.guidance_scale must be > 1 (classifier-free guidance), got {g.guidance_scale}")
+    if g.guidance_scale < 0:
+        raise RecipeError(f"grpo.guidance_scale must be >= 0 (1: the caption's distribution alone, no guidance), "
+                          f"got {g.guidance_scale}")
     if g.max_completion_length < 1 or g.temperature <= 0 or not 0 < g.top_p <= 1 or g.epsilon <= 0 or g.beta < 0:
         raise RecipeError("grpo: max_completion_length >= 1, temperature > 0, 0 < top_p <= 1, epsilon > 0 and beta >= 0")

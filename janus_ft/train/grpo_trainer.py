@@ -68,7 +68,7 @@ class Sampler:
         g = self.grpo
         if prompt.task == "generation":
             return sample_images(model, self.processor, prompt.record.caption, self.fmt, n, g.guidance_scale,
-                                 g.temperature, seed)
+                                 g.temperature, seed, g.top_p, g.top_k)
         return sample_text(model, self.processor, prompt.record, self.fmt, n, g.temperature, g.top_p,
                            g.max_completion_length, seed, self.system_prompt, g.top_k)
 

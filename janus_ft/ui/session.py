@@ -144,6 +144,8 @@ class Workbench:
             raise UserError(f"number of images must be >= 1, got {n}")
         if temperature < 0:
             raise UserError(f"temperature must be >= 0, got {temperature}")
+        if temperature == 0 and n > 1:   # as `janus-ft generate` refuses it
+            raise UserError("temperature 0 is greedy: every image would be the same; draw 1 image or sample")
         with self.using(name) as model:
             codes = sample_codes(model, self.processors[name], caption, self.fmt, n, cfg, temperature, seed)
             return decode_codes_to_pil(model, codes)
