@@ -67,23 +67,25 @@ def test_bare_loop_trains_on_the_same_batches(report):
 def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch):
     """--interleave: a bare step right after each even janus-ft step and right before each odd one
     (J B B J J B ...), each pair on the same batch; janus-ft's step time leaves the bare step out."""
-    from janus_ft.bench import run
+    from janus_ft.bench import loops
     from janus_ft.train.trainer import JanusTrainer
 
-    order = []
-    training_step, bare_step = JanusTrainer.training_step, run.BareLoop.step
+    order, models = [], {}
+    training_step, bare_step = JanusTrainer.training_step, loops.BareLoop.step
 
     def janus(self, *args, **kwargs):
         order.append("J")
+        models["J"] = self.model
         return training_step(self, *args, **kwargs)
 
     def bare(self):
         order.append("B")
+        models["B"] = self.model
         bare_step(self)
         time.sleep(0.3)   # work between janus-ft's steps that is not janus-ft's
 
     monkeypatch.setattr(JanusTrainer, "training_step", janus)
-    monkeypatch.setattr(run.BareLoop, "step", bare)
+    monkeypatch.setattr(loops.BareLoop, "step", bare)
     report = run_bench(tmp_path / "bench.json", "--interleave")
     # the demo accumulates 2 micro-batches a step; 1 warm-up + 2 measured steps
     assert "".join(order) == "JJB" + "BJJ" + "JJB"
@@ -91,6 +93,11 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
     assert report["interleaved"] and bare_result["totals"] == framework["totals"]
     assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)
     assert framework["median_step_time_s"] < 0.25   # the bare half's time is left out of janus-ft's step
+    # the two models share their frozen weights and nothing that trains
+    ours, twin = dict(models["J"].named_parameters()), dict(models["B"].named_parameters())
+    assert ours.keys() == twin.keys()
+    assert all((ours[k] is twin[k]) == (not ours[k].requires_grad) for k in ours)
+    assert any(p.requires_grad for p in ours.values())
 
 
 def test_interleave_is_refused_without_bare(tmp_path, tiny_dir, capsys):

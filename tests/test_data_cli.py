@@ -65,7 +65,28 @@ def test_preview_json_and_marked_text(img, capsys, tiny_dir):
 def test_missing_model_is_a_clear_error(img, capsys):
     path = write_jsonl(img / "p.jsonl", [{"query": "Hi", "response": "Hello"}])
     assert main(["data", "preview", str(path), "--model", str(img / "nope")]) == 2
+    assert f"model path '{img / 'nope'}': no such directory" in capsys.readouterr().err
+    assert main(["data", "preview", str(path), "--model", str(img)]) == 2   # a directory, but no checkpoint
     assert "cannot load a Janus processor" in capsys.readouterr().err
+
+
+def test_a_hub_id_off_line_fails_at_once_or_loads_from_the_hub_cache(tmp_path, monkeypatch):
+    """A model path that is no local directory is a hub id; with the hub out of reach it is read
+    from the hub cache, or refused with the reason -- not after minutes of retried downloads."""
+    from janus_ft.errors import UserError
+    from janus_ft.model import loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(UserError, match="'runs/tiny-colour': no such local directory, and the Hugging Face hub"):
+        loading.hub_model("runs/tiny-colour", cache_dir=str(tmp_path))
+    snapshot = tmp_path / "models--org--janus" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--janus" / "refs").mkdir()
+    (tmp_path / "models--org--janus" / "refs" / "main").write_text("abc123")
+    assert loading.hub_model("org/janus", cache_dir=str(tmp_path)) == str(snapshot)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)
+    assert loading.hub_model("org/janus", cache_dir=str(tmp_path)) == "org/janus"   # on line: the hub decides
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
@@ -140,3 +161,38 @@ def test_preview_with_recipe_shows_what_it_trains_on(tmp_path, capsys, caplog, t
     assert json.loads(capsys.readouterr().out)["text"].startswith("<|User|>: Hi\n\n")
     assert main(["data", "preview", str(data), "--model", str(tiny_dir), "--json", "--limit", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["text"].startswith("You are a helpful language and vision assistant.")
+
+
+def test_check_and_preview_read_a_dpo_recipes_pairs(tmp_path, capsys, tiny_dir):
+    """A recipe with a `dpo:` section is checked and previewed as preference pairs (it listed every
+    valid pair as a bad SFT record); every bad pair is listed with line and field."""
+    assert main(["data", "check", "--recipe", str(REPO / "recipes/dpo_mixed.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "160 valid pair(s): understanding 60, text 40, generation 60" in out
+    bad = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": "Which?", "chosen": "red", "rejected": "blue"},
+        {"prompt": "Which?", "chosen": "red"},
+        {"prompt": "<image>Which?", "images": ["missing.png"], "chosen": "red", "rejected": "blue"}])
+    assert main(["data", "check", "--as", "dpo", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "pairs.jsonl:2: field 'rejected'" in err and "pairs.jsonl:3: field 'images[0]': image not found" in err
+    assert "2 bad pair(s)" in err
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "Which?", "chosen": "red", "rejected": "blue"}])
+    assert main(["data", "preview", str(good), "--as", "dpo", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "good.jsonl:1 (text, chosen, " in out and "good.jsonl:1 (text, rejected, " in out
+    assert ":[[ red<｜end▁of▁sentence｜>]]" in out and ":[[ blue<｜end▁of▁sentence｜>]]" in out
+
+
+def test_check_and_preview_read_a_grpo_recipes_prompts(tmp_path, capsys, tiny_dir):
+    """A recipe with a `grpo:` section: prompts (no answer needed), shown as the policy sees them,
+    with the fields its rewards receive."""
+    assert main(["data", "check", "--recipe", str(REPO / "recipes/grpo_format.yaml")]) == 0
+    assert "16 valid prompt(s): understanding 16" in capsys.readouterr().out
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"query": "Say red.", "solution": "red"}, {"solution": "red"}])
+    assert main(["data", "check", "--as", "grpo", str(prompts)]) == 2
+    assert "prompts.jsonl:2" in capsys.readouterr().err
+    one = write_jsonl(tmp_path / "one.jsonl", [{"query": "Say red.", "solution": "red"}])
+    assert main(["data", "preview", str(one), "--as", "grpo", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"].endswith("Say red.\n\n<|Assistant|>:") and row["fields"] == {"solution": "red"}

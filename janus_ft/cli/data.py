@@ -5,7 +5,9 @@ a progress bar, into the prepared-data cache training then reads, and prints cou
 bad record -> exit 2, each one listed with file:line (or source:row) and field.
 `preview` renders records in the Janus format with the supervised spans marked, or as JSON (`task`,
 `text`, `input_ids`, `labels`); with `--recipe`, exactly as that recipe trains on them (its system
-prompt, turns, length limit). Both read any source a recipe can name (`janus_ft.data.sources`).
+prompt, turns, length limit). Both read any source a recipe can name (`janus_ft.data.sources`), as
+the records of the recipe's trainer (`--as`; a recipe with a `dpo:` or `grpo:` section is read as
+preference pairs or prompts: both sides of each pair previewed, each prompt with its reward fields).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import Counter
 
 from ..data.conversation import detect_format, render, render_text
 from ..data.dataset import JanusDataset, load_records
+from ..data.examples import TRAINERS, pair_sides, read_examples
 from ..data.sources import DEFAULT_SEED
 from ..errors import BadRecord, UserError
 from ..janus import IGNORE_INDEX, TASKS
@@ -34,6 +37,7 @@ def configure(parser) -> None:
     check.add_argument("--model", help="checkpoint whose tokenizer measures lengths (default: the recipe's)")
     check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens")
     _source_options(check)
+    _trainer_option(check)
     preview = sub.add_parser("preview", help="show rendered records and supervised tokens")
     preview.add_argument("source", metavar="SOURCE", nargs="?",
                          help=SOURCE_HELP + " (default with --recipe: the recipe's data.train)")
@@ -50,6 +54,19 @@ def configure(parser) -> None:
     preview.add_argument("--json", action="store_true", help="one JSON object per record")
     preview.add_argument("--limit", type=int, default=None, help="show at most N records")
     preview.add_argument("--no-color", action="store_true", help="mark supervised spans without colour")
+    _trainer_option(preview)
+
+
+def _trainer_option(parser) -> None:
+    parser.add_argument("--as", dest="trainer", choices=TRAINERS, default=None,
+                        help="read the records as this trainer does: sft records, dpo preference pairs, grpo "
+                             "prompts (default: the recipe's trainer, else sft)")
+
+
+def _trainer(args) -> str:
+    from ..recipe import recipe_trainer
+
+    return args.trainer or (recipe_trainer(args.recipe) if args.recipe else "sft")
 
 
 SOURCE_HELP = ("a JSONL, Parquet, Arrow, CSV or JSON file, an imagefolder or saved-dataset directory, or a hub "
@@ -117,6 +134,8 @@ def check(args) -> int:
             settings["fmt"] = recipe.model.format
     if not sources:
         raise UserError("data check: give sources (files, directories, hub ids) or --recipe")
+    if _trainer(args) != "sft":
+        return _check_examples(_trainer(args), sources, seed)
     ensure_tiny(model or "tiny")
     processor = _processor(model or "tiny")   # without a model, the tiny tokenizer (lengths are not shown)
     tokenization = Tokenization(processor, settings.pop("fmt", None) or detect_format(processor), **settings)
@@ -142,8 +161,26 @@ def check(args) -> int:
     return 0
 
 
-def _counts(counts: Counter) -> str:
-    return f"{sum(counts.values())} valid record(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
+def _check_examples(trainer: str, sources, seed: int) -> int:
+    """`check` for DPO pairs and GRPO prompts: every row parsed, every image decoded, counts per task."""
+    errors: list[BadRecord] = []
+    what = {"dpo": "pair", "grpo": "prompt"}[trainer]
+    counts = Counter()
+    for src in sources:
+        found = Counter(item.task for item in read_examples(trainer, [src], seed, errors))
+        if len(sources) > 1:
+            print(f"{src.label}: {_counts(found, what)}")
+        counts += found
+    print(_counts(counts, what))
+    for err in errors:
+        print(f"bad record: {err}", file=sys.stderr)
+    if errors:
+        raise UserError(f"{len(errors)} bad {what}(s)")
+    return 0
+
+
+def _counts(counts: Counter, what: str = "record") -> str:
+    return f"{sum(counts.values())} valid {what}(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
 
 
 def _report_lengths(parts, max_length: int) -> None:
@@ -195,22 +232,62 @@ def preview(args) -> int:
     ensure_tiny(view["model"])
     processor = _processor(view["model"])
     fmt = view["format"] or detect_format(processor)
-    records = load_records(view["sources"], seed=view["seed"])[: args.limit]
+    trainer = _trainer(args)
+    if trainer == "grpo":
+        return _preview_prompts(args, view, processor, fmt)
+    if trainer == "dpo":   # both sides of each pair, as DPO scores them
+        sides = pair_sides(_read_examples("dpo", view)[: args.limit])
+        side_of, records = {id(r): side for side, r in sides}, [r for _, r in sides]
+    else:
+        side_of, records = {}, load_records(view["sources"], seed=view["seed"])[: args.limit]
     ds = JanusDataset(records, processor, fmt, view["max_length"], view["system_prompt"], view["last_turn_only"])
     tok = processor.tokenizer
     for ex in ds.examples:
         text = render_text(render(ex.record, fmt, view["system_prompt"], view["last_turn_only"]))
+        side = side_of.get(id(ex.record))
         if args.json:
-            print(json.dumps({"task": ex.record.task, "line": ex.record.line, "text": text,
-                              "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
+            print(json.dumps({"task": ex.record.task, "line": ex.record.line, **({"side": side} if side else {}),
+                              "text": text, "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
         else:
             marks = ("[[", "]]") if args.no_color or not sys.stdout.isatty() else (OPEN, CLOSE)
-            print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}, {len(ex.input_ids)} tokens, "
-                  f"{sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
+            print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}{', ' + side if side else ''}, "
+                  f"{len(ex.input_ids)} tokens, {sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
             print(marked_text(tok, ex.input_ids, ex.labels, ds.special, marks))
     for record in ds.dropped:   # training drops them too: never shown as if they trained
         print(f"--- {record.source}:{record.line} ({record.task}) dropped: longer than data.max_length="
               f"{view['max_length']} tokens", file=sys.stderr)
+    return 0
+
+
+def _read_examples(trainer: str, view: dict) -> list:
+    errors: list[BadRecord] = []
+    items = read_examples(trainer, view["sources"], view["seed"], errors)
+    if errors:   # the first one, as training would stop on it (`data check` lists them all)
+        raise errors[0]
+    return items
+
+
+def _preview_prompts(args, view: dict, processor, fmt: str) -> int:
+    """GRPO prompts: the ids the policy samples from (text / understanding: up to the last `{R_a}:`;
+    generation: up to `<begin_of_image>`), and the fields the rewards receive."""
+    from ..infer.generate import prompt_inputs
+    from ..infer.prompts import record_prompt_ids
+    from ..janus import SpecialIds
+
+    special = SpecialIds.from_tokenizer(processor.tokenizer)
+    for prompt in _read_examples("grpo", view)[: args.limit]:
+        record = prompt.record
+        ids = (prompt_inputs(processor, record.caption, fmt)["input_ids"][0].tolist() if record.task == "generation"
+               else record_prompt_ids(processor, record, fmt, view["system_prompt"]))
+        text = processor.tokenizer.decode(ids, skip_special_tokens=False)
+        if args.json:
+            print(json.dumps({"task": record.task, "line": record.line, "text": text, "input_ids": ids,
+                              "fields": prompt.fields}, ensure_ascii=False, default=str))
+        else:
+            print(f"--- {record.source}:{record.line} ({record.task} prompt, {len(ids)} tokens)")
+            print(marked_text(processor.tokenizer, ids, [IGNORE_INDEX] * len(ids), special))
+            if prompt.fields:
+                print(f"reward fields: {json.dumps(prompt.fields, ensure_ascii=False, default=str)}")
     return 0
 
 

@@ -22,12 +22,51 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 def resolve_model_path(path: str) -> str:
     """A checkpoint path or hub id as given; `tiny` is the embedded tiny model's cache directory."""
     if path != "tiny":
-        return path
+        return path if Path(path).expanduser().exists() else hub_model(path)
     tiny = tiny_model_dir()
     if not tiny.is_dir():
         raise UserError(f"model path 'tiny': the embedded tiny model is not built in {tiny.parent} yet; the "
                         "janus-ft command line builds it on first use (or call janus_ft.tiny.tiny_path())")
     return str(tiny)
+
+
+def hub_model(repo_id: str, cache_dir: str | None = None) -> str:
+    """A path that is no local directory is a hub id. Where the hub cannot be reached (an offline
+    machine, a typo in a local path) say so now, not after huggingface_hub has retried every file
+    for minutes: load from the local hub cache if it holds the model, else stop with the reason."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if Path(repo_id).is_absolute() or repo_id.startswith((".", "~")) or repo_id.count("/") > 1:
+        raise UserError(f"model path {repo_id!r}: no such directory")   # plainly local: no hub id
+    if constants.HF_HUB_OFFLINE or hub_reachable():
+        return repo_id
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
+    except ValueError:   # not even a valid repo id
+        cached = None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)
+    raise UserError(f"model path {repo_id!r}: no such local directory, and the Hugging Face hub "
+                    f"({constants.ENDPOINT}) cannot be reached to download it as a hub id")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a connection to the hub's host opens (always assumed through a proxy, which resolves
+    names itself)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load_model_and_processor(model_args):

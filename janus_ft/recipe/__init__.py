@@ -7,6 +7,7 @@ from .load import (
     load_recipe,
     parse_source,
     recipe_to_dict,
+    recipe_trainer,
     save_recipe,
 )
 from .sections import RECORD_FIELDS, DataArgs, DataSource, LoraArgs, ModelArgs, Recipe, TrainArgs
@@ -14,6 +15,6 @@ from .validate import check_source, validate
 
 __all__ = [
     "OWNED_TRAIN_FIELDS", "RECORD_FIELDS", "TRL_SECTIONS", "DataArgs", "DataSource", "LoraArgs", "ModelArgs",
-    "Recipe", "TrainArgs", "check_source", "load_recipe", "parse_source", "recipe_to_dict", "save_recipe",
+    "Recipe", "TrainArgs", "check_source", "load_recipe", "parse_source", "recipe_to_dict", "recipe_trainer", "save_recipe",
     "validate",
 ]

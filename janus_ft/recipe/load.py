@@ -48,6 +48,17 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     return recipe
 
 
+def recipe_trainer(path: str | Path) -> str:
+    """Which trainer a recipe file is written for: "dpo" or "grpo" when it has that section, else
+    "sft" (what `data check` / `data preview` then read its data as)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "sft"   # load_recipe reports it
+    found = [name for name in TRL_SECTIONS if isinstance(raw, dict) and name in raw and name != "train"]
+    return found[0] if len(found) == 1 else "sft"
+
+
 # SFTConfig / TrainingArguments fields janus_ft sets itself: a recipe that set them would silently
 # break the task mixture, the labels or the images, so they are refused with the reason.
 OWNED_TRAIN_FIELDS = {
