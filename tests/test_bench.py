@@ -4,6 +4,7 @@ tokens, FLOPs and losses), and model FLOPs follow the stated formula."""
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -183,3 +184,30 @@ def test_startup_bench_data_and_its_stop_at_step_one(tmp_path):
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_variant_process_ends_with_the_benchmark_that_started_it():
+    """Killing `janus-ft bench` must not leave its child (holding a whole model) running."""
+    import os
+    import signal
+    import subprocess
+
+    code = ("import subprocess, sys, time\nfrom janus_ft.bench.run import _die_with_parent\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=_die_with_parent)\n"
+            "print(p.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if "State:\tZ" in Path(f"/proc/{child}/status").read_text():
+                break   # ended (a zombie until init reaps it)
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")

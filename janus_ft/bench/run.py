@@ -278,13 +278,22 @@ def run_child(args, name: str, peak: float) -> list[dict]:
             cmd += ["--random-model", args.random_model]
         if args.interleave:
             cmd += ["--compare", "bare", "--interleave"]
-        code = subprocess.run(cmd).returncode
+        code = subprocess.run(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
         if code == 2:   # bad input: the child has printed the message naming it
             from ..errors import UserError
             raise UserError(f"benchmark variant {name!r} stopped on the input above")
         if code != 0:
             raise RuntimeError(f"benchmark variant {name!r} failed (command: {' '.join(cmd)})")
         return json.loads(out.read_text())["variants"]
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: the kernel ends it when the benchmark process ends, however
+    that is stopped (a killed parent would otherwise leave a model-sized orphan running)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def command_line(args) -> str:
