@@ -66,9 +66,9 @@ def test_bare_loop_trains_on_the_same_batches(report):
 
 
 def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch):
-    """--interleave: a bare step right after each even janus-ft step and right before each odd one
-    (J B B J J B ...), each pair on the same batch; janus-ft's step time leaves the bare step out."""
-    from janus_ft.bench import loops
+    """--interleave: a bare step right before or right after each janus-ft step, half the steps each
+    way in a seeded order, each pair on the same batch; janus-ft's step time leaves the bare step out."""
+    from janus_ft.bench import loops, run
     from janus_ft.train.trainer import JanusTrainer
 
     order, models = [], {}
@@ -88,8 +88,11 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
     monkeypatch.setattr(JanusTrainer, "training_step", janus)
     monkeypatch.setattr(loops.BareLoop, "step", bare)
     report = run_bench(tmp_path / "bench.json", "--interleave")
-    # the demo accumulates 2 micro-batches a step; 1 warm-up + 2 measured steps
-    assert "".join(order) == "JJB" + "BJJ" + "JJB"
+    # the demo accumulates 2 micro-batches a step; 1 warm-up + 2 measured steps (train.seed 42)
+    bare_first = [False] + run.pair_order(2, seed=42)
+    assert "".join(order) == "".join("BJJ" if first else "JJB" for first in bare_first)
+    assert [s["first"] for s in report["variants"][0]["rounds"][0]] == [
+        "bare" if first else "janus-ft" for first in bare_first[1:]]
     framework, bare_result = report["variants"]
     assert report["interleaved"] and bare_result["totals"] == framework["totals"]
     assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)

@@ -15,11 +15,13 @@ Timing wraps the trainer's own stages (a subclass hook per stage, plus callbacks
 synchronisation at each boundary so GPU work is charged to the stage that launched it.
 
 `--interleave` (with `--compare bare` only) runs janus-ft and the bare loop in one process, one
-step each in turn, on two copies of the model sharing their frozen weights: janus-ft step k and bare step k train on batch k
-seconds apart, in the order J B B J J B ..., so a machine whose speed drifts between processes or
+step each in turn, on two copies of the model sharing their frozen weights: janus-ft step k and
+bare step k train on batch k seconds apart, so a machine whose speed drifts between processes or
 over minutes (a shared cloud host: the same run's median step moved by a third between processes
-on an idle 2-core VM) shifts both halves of a pair alike. The ratio is then the framework's cost
-alone, to within the step-to-step noise. Peak memory is the shared process's, so not per variant.
+on an idle 2-core VM) shifts both halves of a pair alike. Which half goes first is drawn per step
+(half each way, seeded), and the ratio averages the two orders (`throughput.speed_vs`). The ratio is
+then the framework's cost alone, to within the step-to-step noise. Peak memory is the shared
+process's, so not per variant.
 """
 
 from __future__ import annotations
@@ -191,8 +193,8 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
 
 def bench_interleaved(recipe, setup: Setup | None, steps: int, warmup: int, peak: float) -> list[dict]:
     """janus-ft and the bare loop in this process, a step of each in turn on the same batch (see
-    the module docstring): bare step k runs right after janus-ft step k when k is even, right
-    before it when k is odd, and its time is taken out of janus-ft's step."""
+    the module docstring): bare step k runs right before or right after janus-ft step k
+    (`pair_order`), and its time is taken out of janus-ft's step."""
     from .loops import BareLoop, trainer_loop
     from .throughput import FlopModel, PeakMemory, StepTimer, summarize
 
@@ -210,20 +212,40 @@ def bench_interleaved(recipe, setup: Setup | None, steps: int, warmup: int, peak
         bare_timer = StepTimer(FlopModel.of(twin), args.device)
         memory = PeakMemory(args.device)
         bare = BareLoop(twin, mixture, collator, args, n_steps, bare_timer)
+        bare_first = [False] * warmup + pair_order(steps, recipe.train.seed)   # measured steps: half each way
 
         def between(before_step: bool, step: int) -> None:
-            if before_step == (step % 2 == 1):
+            if before_step == bare_first[step]:
                 wall, cpu = timer.now(), time.process_time()
                 bare.step()
                 timer.exclude(timer.now() - wall, time.process_time() - cpu)
 
         trainer_loop(model, mixture, collator, args, setup.processor, timer, between=between)
+        for t in (timer, bare_timer):
+            for step, entry in enumerate(t.steps):
+                entry["first"] = "bare" if bare_first[step] else BASELINE
         shared = memory.read()
         results = [summarize(name, t.steps[warmup:], peak, shared) for name, t in ((BASELINE, timer), ("bare", bare_timer))]
     del model, twin
     bare = None   # the closure's loop holds the twin: let both go before collecting
     release_memory()
     return results
+
+
+def pair_order(n_steps: int, seed: int) -> list[bool]:
+    """Whether the bare step goes first, per step: half the steps each way, in a seeded random
+    order, so no periodic pattern of the data (a 1:1 mix at batch 1 alternates tasks every step)
+    always meets the same order.
+
+    >>> order = pair_order(10, seed=0)
+    >>> sum(order), len(order), order == pair_order(10, seed=0)
+    (5, 10, True)
+    """
+    import random
+
+    order = [True] * (n_steps // 2) + [False] * (n_steps - n_steps // 2)
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def prepare(recipe, setup: Setup, n_steps: int):
@@ -261,7 +283,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu")} for s in r["per_step"]] for r in runs])
+    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu", "first") if k in s} for s in r["per_step"]] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
