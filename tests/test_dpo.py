@@ -199,8 +199,15 @@ def run_dpo_cli(recipe: str, out: Path, *overrides: str) -> int:
 
 def test_mixed_run_logs_per_task_metrics_and_writes_a_peft_adapter(tmp_path, tiny_dir):
     out = tmp_path / "mixed"
-    assert run_dpo_cli("dpo_mixed.yaml", out, "train.max_steps=4", "train.logging_steps=2", "train.eval_steps=4") == 0
+    assert run_dpo_cli("dpo_mixed.yaml", out, "train.max_steps=4", "train.logging_steps=2", "train.eval_steps=4",
+                       "train.eval_answers=3", "train.eval_images=2") == 0
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    # the evaluation probe answers the chosen side of held-out pairs and draws their captions
+    probed = [e for e in log if "eval_understanding_exact_match" in e]
+    assert probed and 0 <= probed[-1]["eval_understanding_exact_match"] <= 1
+    assert "eval_rewards/accuracies_understanding" in probed[-1]   # one entry per evaluation
+    from PIL import Image
+    assert Image.open(out / "samples" / "step-4.png").size[0] > 0
     train = [e for e in log if "loss" in e]
     for task in ("understanding", "text", "generation"):
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",

@@ -14,7 +14,7 @@ import torch
 from accelerate.logging import get_logger
 
 from ..data.conversation import detect_format
-from ..data.dataset import require_tasks, vq_codes
+from ..data.dataset import JanusDataset, require_tasks, vq_codes
 from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
 from ..data.sources import read_source
@@ -66,6 +66,16 @@ def build_pair_datasets(pairs, model, processor, recipe: Recipe, fmt: str) -> di
     return datasets
 
 
+def chosen_sets(pairs, processor, fmt: str, recipe: Recipe) -> dict:
+    """The chosen side of each held-out pair as a record set per task: what the evaluation probe
+    answers (the chosen answer is the reference for exact match and CER) and draws (the captions)."""
+    d, by_task = recipe.data, {}
+    for pair in pairs:
+        by_task.setdefault(pair.task, []).append(pair.chosen)
+    return {task: JanusDataset(records, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only)
+            for task, records in by_task.items()}
+
+
 def precompute_reference(model, datasets: dict[str, PairDataset], collator: PairCollator, batch_size: int,
                          device, unconditional: bool = False) -> None:
     """Reference log-probs of every pair (adapter disabled, eval mode, no grad), stored on the datasets;
@@ -102,6 +112,7 @@ def run_dpo(recipe: Recipe) -> SftResult:
     from ..model.lora import apply_lora, trainable_table
     from .checkpoint import SaveEverySteps, SignalCheckpoint
     from .dpo_trainer import JanusDpoTrainer
+    from .probe import TrainingProbe
     from .trainer import ConsoleCallback, MixtureCallback
 
     out, t, started = Path(recipe.output_dir), recipe.train, time.monotonic()
@@ -134,7 +145,10 @@ def run_dpo(recipe: Recipe) -> SftResult:
         data_collator=collator,
         callbacks=[MixtureCallback(mixture, global_batch, mixture.ratios), SaveEverySteps(t.save_last),
                    stopper := SignalCheckpoint()],
-        nan_policy=t.nan_policy, dpo=recipe.dpo)
+        nan_policy=t.nan_policy, dpo=recipe.dpo,
+        probe=TrainingProbe(processor, fmt, chosen_sets(val_pairs, processor, fmt, recipe), t.eval_answers,
+                            t.eval_images, t.sample_prompts, t.per_device_eval_batch_size,
+                            system_prompt=recipe.data.system_prompt))
     ConsoleCallback.replace_defaults(trainer)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)
