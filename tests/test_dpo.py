@@ -330,3 +330,24 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path, launch):
     # differences of a different reduction order move a weight by up to lr; measured: 2.7e-5.
     a, b = (load_file(str(d / "adapter_model.safetensors")) for d in (single, ranks))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_pairs_with_a_side_too_long_are_dropped_and_named(tmp_path, tiny_model, tiny_processor, caplog):
+    """A pair with a side over data.max_length leaves training, with one warning naming the first."""
+    import logging
+
+    from accelerate import PartialState
+
+    from janus_ft.train.dpo import build_pair_datasets, read_pairs
+
+    PartialState()   # accelerate's rank-aware logger needs the process state, as training sets it up
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": "Which is a colour: red or circle?", "chosen": "red", "rejected": "circle"},
+        {"prompt": "Which?", "chosen": "red", "rejected": "circle " * 40}])
+    recipe = load_recipe(REPO / "recipes/dpo_mixed.yaml", ["data.max_length=64"])
+    with caplog.at_level(logging.WARNING):
+        sets = build_pair_datasets(read_pairs([str(path)], 0), tiny_model, tiny_processor, recipe, "janus-pro")
+    assert len(sets["text"]) == 1
+    assert (f"dropped 1 text pair(s) with a side longer than data.max_length=64 tokens (first: {path}:2)"
+            in caplog.text)

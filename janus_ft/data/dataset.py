@@ -184,12 +184,17 @@ def build_datasets(records, model, processor, recipe: Recipe, fmt: str) -> dict[
         codes = vq_codes(model, targets, d.code_cache)
         datasets = {task: JanusDataset.from_rows(records, i, processor, d.max_length, codes)
                     for task, i in indices.items()}
+    warn_dropped(datasets, "record(s) longer than", d.max_length)
+    return datasets
+
+
+def warn_dropped(datasets: dict, what: str, max_length: int) -> None:
+    """One warning per task naming how many samples were too long and the first of them."""
     for task, ds in datasets.items():
         if ds.dropped:
             first = ds.dropped[0]
-            logger.warning(f"dropped {len(ds.dropped)} {task} record(s) longer than data.max_length="
-                           f"{d.max_length} tokens (first: {first.source}:{first.line})")
-    return datasets
+            logger.warning(f"dropped {len(ds.dropped)} {task} {what} data.max_length={max_length} tokens "
+                           f"(first: {first.source}:{first.line})")
 
 
 def vq_codes(model, targets, cache_dir) -> dict[str, list[int]]:

@@ -14,7 +14,7 @@ import torch
 from accelerate.logging import get_logger
 
 from ..data.conversation import detect_format
-from ..data.dataset import JanusDataset, require_tasks, vq_codes
+from ..data.dataset import JanusDataset, require_tasks, vq_codes, warn_dropped
 from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
 from ..data.sources import read_source
@@ -58,11 +58,7 @@ def build_pair_datasets(pairs, model, processor, recipe: Recipe, fmt: str) -> di
     d = recipe.data
     datasets = {task: PairDataset(ps, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
                 for task, ps in by_task.items()}
-    for task, ds in datasets.items():
-        if ds.dropped:
-            first = ds.dropped[0]
-            logger.warning(f"dropped {len(ds.dropped)} {task} pair(s) with a side longer than data.max_length="
-                           f"{d.max_length} tokens (first: {first.source}:{first.line})")
+    warn_dropped(datasets, "pair(s) with a side longer than", d.max_length)
     return datasets
 
 
