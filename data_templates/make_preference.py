@@ -9,7 +9,7 @@
   Every colour is chosen for its own caption and rejected for others, so only the caption tells
   which image is preferred: held-out pairs (unseen shots) measure conditioning on the caption.
 
-    python data_templates/make_preference.py OUT_DIR --n 120 --seed 0 --size 64 --split-val 40
+    python data_templates/make_preference.py OUT_DIR --n 120 --seed 0 --size 64 --split-val 40 --noise 3
 
 writes OUT_DIR/{understanding,text,generation}{,_val}.jsonl and OUT_DIR/images/*.png
 (n pairs per task, the last split-val of each held out).
@@ -32,6 +32,8 @@ def make_preference(out_dir, n: int = 120, seed: int = 0, size: int = 64, n_val:
     images; returns the paths written. Chosen colours are balanced over the records."""
     n_val = n // 3 if n_val is None else n_val
     check_split(n, n_val)
+    if noise < 0:
+        raise ValueError(f"need noise >= 0, got {noise}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -87,8 +89,9 @@ def make_preference(out_dir, n: int = 120, seed: int = 0, size: int = 64, n_val:
 def main(argv=None) -> None:
     p = parser(__doc__, n=120, size=64, val_default="n // 3",
                out_help="output directory ({understanding,text,generation}{,_val}.jsonl, images/)")
+    p.add_argument("--noise", type=int, default=3, help="per-pixel noise of the generation shots, +- levels")
     args = p.parse_args(argv)
-    finish(p, lambda: make_preference(args.out, args.n, args.seed, args.size, args.split_val))
+    finish(p, lambda: make_preference(args.out, args.n, args.seed, args.size, args.split_val, args.noise))
 
 
 if __name__ == "__main__":

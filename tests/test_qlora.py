@@ -89,6 +89,11 @@ def sft_recipe(out, quantization, extra=()):
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_sft_trains_and_the_adapter_loads_with_plain_peft(tiny_dir, tiny_processor, tmp_path, quantization):
+    """Four steps on a quantized base lower the loss: first minus last logged loss measured over
+    train.seed {42, 1, 2} x inits {0, 1, 2} (`build_tiny(seed=N)`) x threads {1, 2}
+    (scripts/learning_margins.py qlora; one and two threads gave the same numbers): 4-bit min 0.169,
+    median 0.450; 8-bit min 0.152, median 0.468; asserted > 0. Then the adapter loads with plain
+    transformers + bitsandbytes + PEFT onto a quantized base and gives the trained model's loss."""
     from peft import PeftModel
     from transformers import BitsAndBytesConfig, JanusForConditionalGeneration
 

@@ -20,10 +20,14 @@ sys.path.insert(0, str(REPO / "data_templates"))
 COLOURS = ["red", "green", "blue", "yellow"]
 
 
+def shapes_data(out: Path):
+    from make_shapes import make_shapes
+    return make_shapes(out, n=240, seed=1, size=64, n_val=40)
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from make_shapes import make_shapes
-    return make_shapes(tmp_path_factory.mktemp("shapes"), n=240, seed=1, size=64, n_val=40)
+    return shapes_data(tmp_path_factory.mktemp("shapes"))
 
 
 def answer_scores(model, processor, record):
@@ -52,33 +56,45 @@ def accuracy(model, processor, val_path):
     return right / len(records)
 
 
-@pytest.fixture(scope="module")
-def trained(shapes, tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("run") / "shapes"
-    train, _ = shapes
+def train_colour(train: Path, out: Path, model: str = "tiny", seed: int = 42):
+    """The colour-question run: LoRA on the LLM, the aligner trained fully (`model` and `seed` are
+    what scripts/learning_margins.py varies)."""
     from janus_ft.recipe import load_recipe
     from janus_ft.train.sft import run_sft
-    recipe = load_recipe(None, [
-        f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}",
+    return run_sft(load_recipe(None, [
+        f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}", f"model.path={model}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
-        # 150 steps: held-out accuracy (and greedy exact match) 0.95-1.00 over train.seed 1, 2, 3, 7, 42
-        # x 1|2 threads and a second data seed (70 steps gave 0.75-0.78 on some machines and seeds,
-        # under the 0.85 this test asks for).
+        # 150 steps: held-out accuracy (and greedy exact match) 0.85-1.00 over train.seed x inits x
+        # threads (see the tests); 70 steps gave 0.75-0.78 on some machines and seeds.
         "train.max_steps=150", "train.learning_rate=5e-3", "train.per_device_train_batch_size=8",
         "train.lr_scheduler_type=constant", "train.save_steps=75", "train.logging_steps=5",
-        "train.disable_tqdm=true", "data.max_length=256"])
-    return run_sft(recipe)
+        "train.disable_tqdm=true", "data.max_length=256", f"train.seed={seed}"]))
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory, tiny_dir):
+    return train_colour(shapes[0], tmp_path_factory.mktemp("run") / "shapes")
+
+
+def colour_margins(run, base, processor, val) -> dict:
+    """What the colour test asserts: held-out accuracy of the base and the trained model, and the
+    last logged training loss over the first."""
+    losses = [e["loss"] for e in run.log_history if "loss" in e]
+    return {"before": accuracy(base, processor, val), "after": accuracy(run.model.eval(), processor, val),
+            "loss_ratio": losses[-1] / losses[0]}
 
 
 def test_learns_a_task_that_needs_the_image(trained, shapes, tiny_model, tiny_processor):
-    _, val = shapes
-    before = accuracy(tiny_model, tiny_processor, val)
-    after = accuracy(trained.model.eval(), tiny_processor, val)
-    print(f"held-out colour accuracy: untrained {before:.2f}, trained {after:.2f} (chance 0.25)")
-    assert before <= 0.45          # untrained: about chance
-    assert after >= 0.85           # trained: far above chance
-    losses = [e["loss"] for e in trained.log_history if "loss" in e]
-    assert losses[-1] < 0.5 * losses[0]
+    """Held-out colour accuracy (chance 0.25) and the training loss. Measured over train.seed
+    {42, 1, 2} x inits {0, 1, 2} (`build_tiny(seed=N)`) x threads {1, 2} (scripts/learning_margins.py
+    sft_colour; one and two threads gave the same numbers): untrained 0.20-0.25, asserted <= 0.45;
+    trained min 0.85 (init 1, seed 2), median 1.00, asserted >= 0.7; last / first logged loss max
+    0.278, median 0.253, asserted < 0.5."""
+    m = colour_margins(trained, tiny_model, tiny_processor, shapes[1])
+    print(f"held-out colour accuracy: untrained {m['before']:.2f}, trained {m['after']:.2f} (chance 0.25)")
+    assert m["before"] <= 0.45          # untrained: about chance
+    assert m["after"] >= 0.7            # trained: far above chance
+    assert m["loss_ratio"] < 0.5
 
 
 def test_output_tree_and_plain_peft_adapter(trained, tiny_dir, tiny_processor):
@@ -179,44 +195,62 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
 def test_demo_recipe_learns_every_task(tmp_path):
     """The README's main job as shipped: the understanding and generation validation losses fall, and
     generation's at every evaluation (the unrelated scenes bundled before made it rise from step 30
-    on: memorised, not learned). Measured on 2 cores, seeds 0, 1, 2, 7, 42: understanding 6.72 ->
-    2.52-2.57, generation 5.71 -> 2.55-2.74, generation's smallest fall between two evaluations 0.19
-    (0.48 at the recipe's seed 42, where one and two threads give the same numbers to 3 decimals)."""
-    out = tmp_path / "demo"
+    on: memorised, not learned). Measured over train.seed {42, 1, 2} x inits {0, 1, 2}
+    (`build_tiny(seed=N)`) x threads {1, 2} (scripts/learning_margins.py sft_demo; one and two threads
+    gave the same numbers), from 6.72 / 5.71 at init 0: understanding's fall min 3.79, median 4.02,
+    asserted > 2.0; its fall after step 20 min 0.37, median 0.55, asserted > 0.2 (still learning);
+    generation's fall min 2.43, median 2.60, asserted > 1.5; generation's smallest fall between two
+    evaluations min 0.26, median 0.41, asserted > 0."""
+    m = demo_margins(tmp_path / "demo")
+    assert m["understanding_fall"] > 2.0
+    assert m["understanding_fall_after_20"] > 0.2     # still learning after step 20
+    assert m["generation_fall"] > 1.5
+    assert m["generation_smallest_fall"] > 0
+
+
+def demo_margins(out: Path, *overrides: str) -> dict:
+    """The demo recipe as shipped (plus `overrides`): falls of its validation losses."""
     assert main(["sft", "--recipe", str(REPO / "recipes/demo.yaml"), f"output_dir={out}",
-                 "train.disable_tqdm=true"]) == 0
+                 "train.disable_tqdm=true", *overrides]) == 0
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     evals = [e for e in log if "eval_loss" in e]
     assert [e["step"] for e in evals] == [0, 20, 40, 60]
     understanding = [e["eval_loss_understanding"] for e in evals]
     generation = [e["eval_loss_generation"] for e in evals]
     print(f"eval_loss_understanding {understanding}\neval_loss_generation {generation}")
-    assert understanding[-1] < understanding[0] - 2.0
-    assert understanding[-1] < understanding[1] - 0.2     # still learning after step 20: measured 0.45-1.0
-    assert generation[-1] < generation[0] - 1.5
-    assert all(later < earlier for earlier, later in zip(generation, generation[1:]))
+    return {"understanding_fall": understanding[0] - understanding[-1],
+            "understanding_fall_after_20": understanding[1] - understanding[-1],
+            "generation_fall": generation[0] - generation[-1],
+            "generation_smallest_fall": min(a - b for a, b in zip(generation, generation[1:]))}
+
+
+def subjects_data(out: Path):
+    """8 captioned subjects x 24 noisy shots: 20 per subject to train, 4 unseen shots to val."""
+    from captions.make_captions import make_subject_shots
+    return make_subject_shots(out, subjects=8, shots=24, n_val=4, noise=3)
 
 
 @pytest.fixture(scope="module")
 def subjects(tmp_path_factory):
-    """8 captioned subjects x 24 noisy shots: 20 per subject to train, 4 unseen shots to val."""
-    from captions.make_captions import make_subject_shots
-    return make_subject_shots(tmp_path_factory.mktemp("subjects"), subjects=8, shots=24, n_val=4, noise=3)
+    return subjects_data(tmp_path_factory.mktemp("subjects"))
+
+
+def train_captioned(train: Path, out: Path, model: str = "tiny", seed: int = 42):
+    """The captioned-set run: LoRA on the LLM and the generation aligner, the generation head trained fully."""
+    from janus_ft.recipe import load_recipe
+    from janus_ft.train.sft import run_sft
+
+    return run_sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
+        f"model.path={model}", "model.dtype=float32", f"data.train=[{{path: {train}}}]", f"output_dir={out}",
+        "data.max_length=256", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "lora.targets=[llm, gen_aligner]",
+        "lora.modules_to_save=[gen_head]", "train.max_steps=150", "train.learning_rate=5e-3",
+        "train.per_device_train_batch_size=8", "train.gradient_accumulation_steps=1", "train.save_steps=1000",
+        "train.disable_tqdm=true", f"train.seed={seed}"]))
 
 
 @pytest.fixture(scope="module")
 def trained_generation(subjects, tmp_path_factory):
-    from janus_ft.recipe import load_recipe
-    from janus_ft.train.sft import run_sft
-
-    train, _ = subjects
-    out = tmp_path_factory.mktemp("run") / "t2i"
-    return run_sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
-        "model.path=tiny", "model.dtype=float32", f"data.train=[{{path: {train}}}]", f"output_dir={out}",
-        "data.max_length=256", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "lora.targets=[llm, gen_aligner]",
-        "lora.modules_to_save=[gen_head]", "train.max_steps=150", "train.learning_rate=5e-3",
-        "train.per_device_train_batch_size=8", "train.gradient_accumulation_steps=1", "train.save_steps=1000",
-        "train.disable_tqdm=true"]))
+    return train_captioned(subjects[0], tmp_path_factory.mktemp("run") / "t2i")
 
 
 def generation_nll(model, processor, jsonl):
@@ -245,33 +279,55 @@ def cfg_match(model, processor, train_ds, per_subject=20, subjects=4):
     return sum(hits) / len(hits)
 
 
-def test_learns_to_generate_a_captioned_set(trained_generation, subjects, tiny_model, tiny_processor):
+def captioned_margins(run, base, processor, subjects) -> dict:
+    """What the captioned-set test asserts: held-out code NLL of the base and the trained model, and
+    how often CFG samples hit the trained codes."""
     train, val = subjects
-    before_nll, _ = generation_nll(tiny_model, tiny_processor, val)
-    after_nll, _ = generation_nll(trained_generation.model.eval(), tiny_processor, val)
-    _, train_ds = generation_nll(tiny_model, tiny_processor, train)
-    before = cfg_match(tiny_model, tiny_processor, train_ds)
-    after = cfg_match(trained_generation.model, tiny_processor, train_ds)
-    print(f"held-out code NLL {before_nll:.2f} -> {after_nll:.2f} nats/token; "
-          f"CFG samples matching trained codes {before:.3f} -> {after:.3f}")
-    assert before_nll > 5.0                     # about ln(256) = 5.55: the base knows nothing
-    # measured over train.seed 1, 2, 3 x 1|2 threads: NLL ratio 0.55-0.56, CFG match 0.002 -> 0.12-0.18
-    assert after_nll < 0.7 * before_nll
-    assert before < 0.02 and after > 5 * max(before, 0.01)
+    before_nll, _ = generation_nll(base, processor, val)
+    after_nll, _ = generation_nll(run.model.eval(), processor, val)
+    _, train_ds = generation_nll(base, processor, train)
+    return {"nll_before": before_nll, "nll_ratio": after_nll / before_nll,
+            "cfg_before": cfg_match(base, processor, train_ds), "cfg_after": cfg_match(run.model, processor, train_ds)}
+
+
+def test_learns_to_generate_a_captioned_set(trained_generation, subjects, tiny_model, tiny_processor):
+    """Held-out shots of the trained captions get likelier, and CFG samples draw the trained codes.
+    Measured over train.seed {42, 1, 2} x inits {0, 1, 2} (`build_tiny(seed=N)`) x threads {1, 2}
+    (scripts/learning_margins.py sft_captioned; one and two threads gave the same numbers): base code
+    NLL 5.59-5.70 nats (about ln 256 = 5.55: the base knows nothing), asserted > 5.0; trained / base
+    NLL max 0.64, median 0.56, asserted < 0.75; CFG samples matching the trained codes 0.000-0.004
+    before, asserted < 0.02, and min 0.113, median 0.152 after, asserted > 5 x max(before, 0.01)."""
+    m = captioned_margins(trained_generation, tiny_model, tiny_processor, subjects)
+    print(f"held-out code NLL {m['nll_before']:.2f} nats/token, x{m['nll_ratio']:.2f} after training; "
+          f"CFG samples matching trained codes {m['cfg_before']:.3f} -> {m['cfg_after']:.3f}")
+    assert m["nll_before"] > 5.0
+    assert m["nll_ratio"] < 0.75
+    assert m["cfg_before"] < 0.02 and m["cfg_after"] > 5 * max(m["cfg_before"], 0.01)
+
+
+def compare_base(run, val: Path, task: str, out: Path) -> dict:
+    """`janus-ft eval --compare-base` on a run's adapter: base, adapter and delta on `task`."""
+    assert main(["eval", "--recipe", str(run.output_dir / "recipe.yaml"), "--adapter", str(run.output_dir),
+                 "--compare-base", "--data", str(val), "--max-new-tokens", "3", "--output", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert "| " + task in (out / "eval.md").read_text()
+    return {"base": report["results"]["base"][task], "adapter": report["results"]["adapter"][task],
+            "delta": report["delta"][task]}
 
 
 def test_eval_compare_base_reports_what_training_did(trained, shapes, trained_generation, subjects, tmp_path):
-    """`janus-ft eval --compare-base` on the two learning runs: the improvement shows on its own path."""
+    """`janus-ft eval --compare-base` on the two learning runs: the improvement shows on its own path.
+    Measured over train.seed {42, 1, 2} x inits {0, 1, 2} (`build_tiny(seed=N)`) x threads {1, 2}
+    (scripts/learning_margins.py sft_colour sft_captioned): loss delta max -5.22 (understanding) and
+    -2.01 (generation), median -5.50 / -2.49, asserted < -1.0; understanding exact match 0.00 for the
+    base, asserted <= 0.3, and min 0.85, median 1.00 for the adapter, asserted >= 0.7."""
     for run, val, task in ((trained, shapes[1], "understanding"), (trained_generation, subjects[1], "generation")):
         out = tmp_path / task
-        assert main(["eval", "--recipe", str(run.output_dir / "recipe.yaml"), "--adapter", str(run.output_dir),
-                     "--compare-base", "--data", str(val), "--max-new-tokens", "3", "--output", str(out)]) == 0
-        report = json.loads((out / "eval.json").read_text())
-        base, tuned, delta = report["results"]["base"][task], report["results"]["adapter"][task], report["delta"][task]
+        got = compare_base(run, val, task, out)
+        base, tuned, delta = got["base"], got["adapter"], got["delta"]
         print(f"{task}: loss {base['loss']:.2f} -> {tuned['loss']:.2f}", {k: round(v, 3) for k, v in delta.items()})
         assert delta["loss"] < -1.0
         if task == "understanding":
-            assert base["exact_match"] <= 0.3 and tuned["exact_match"] >= 0.8
+            assert base["exact_match"] <= 0.3 and tuned["exact_match"] >= 0.7
         else:
             assert (out / "samples_base.png").is_file() and (out / "samples_adapter.png").is_file()
-        assert "| " + task in (out / "eval.md").read_text()
