@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UserError
 
 
 def cache_root() -> Path:
@@ -60,3 +63,28 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def main_process_first():
+    """accelerate's `main_process_first` (the main process builds a shared cache, then the other
+    ranks read it), also when the main process fails with a user error: it still meets the others
+    at the barrier before raising, so they go on, meet the same bad file themselves and stop with
+    the same message -- instead of waiting at the barrier for a process that has left, until the
+    launcher kills them without a word."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if not state.is_main_process:
+        state.wait_for_everyone()
+    failure = None
+    try:
+        yield
+    except UserError as err:
+        if not state.is_main_process:
+            raise
+        failure = err
+    if state.is_main_process:
+        state.wait_for_everyone()
+    if failure is not None:
+        raise failure

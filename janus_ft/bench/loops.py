@@ -14,10 +14,10 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
     called at each step's begin (True) and end (False); it must charge its own time off `timer`."""
     from transformers import TrainerCallback
 
-    from ..train.trainer import JanusTrainer
+    from ..train.sft import SftTrainer
 
-    class TimedTrainer(JanusTrainer):
-        """JanusTrainer with a stopwatch on its data, forward and backward stages."""
+    class TimedTrainer(SftTrainer):
+        """janus_ft's SFT trainer with a stopwatch on its data, forward and backward stages."""
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             with timer.part("data"):
@@ -82,7 +82,7 @@ class BareLoop:
         if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
             model.to(self.device)
         model.train()
-        if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
+        if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see train.arguments)
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         loader = torch.utils.data.DataLoader(
             mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
@@ -91,7 +91,7 @@ class BareLoop:
         self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                            eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                            fused="fused" in str(args.optim))
-        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.warmup_steps, n_steps)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.get_warmup_steps(n_steps), n_steps)
         self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16
                          else contextlib.nullcontext)
         self.batches = iter(loader)

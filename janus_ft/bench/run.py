@@ -145,13 +145,13 @@ class Setup:
     with the first loaded model, which the first variant then trains."""
 
     def __init__(self, recipe):
-        from ..data.conversation import detect_format
+        from ..data.conversation import resolve_format
         from ..data.dataset import build_datasets, require_tasks
         from ..model.loading import load_model_and_processor, load_processor
         from ..train.sft import read_data
 
         processor = load_processor(recipe.model.path)
-        fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
+        fmt = resolve_format(processor, recipe.model.format)
         records, _ = read_data(recipe, processor, fmt)
         self.model, self.processor = load_model_and_processor(recipe.model)
         if torch.cuda.is_available() and not getattr(self.model, "hf_device_map", None):
@@ -253,7 +253,8 @@ def prepare(recipe, setup: Setup, n_steps: int):
     arguments and a step timer: what either loop needs."""
     from ..data.collate import JanusCollator
     from ..model.lora import apply_lora
-    from ..train.sft import sft_config, training_schedule
+    from ..train.arguments import training_arguments
+    from ..train.sft import training_schedule
     from .throughput import FlopModel, StepTimer
 
     recipe.train.extra = {**recipe.train.extra, "save_strategy": "no"}
@@ -261,10 +262,11 @@ def prepare(recipe, setup: Setup, n_steps: int):
     torch.manual_seed(recipe.train.seed)
     model = apply_lora(model, recipe.lora)
     recipe.train.max_steps = n_steps
-    mixture, _, _ = training_schedule(recipe, setup.train_sets)
+    mixture, _ = training_schedule(recipe, setup.train_sets)
     collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
+                             pad_to_multiple_of=recipe.data.pad_to_multiple_of,
                              image_token_id=model.config.image_token_id)
-    args = sft_config(recipe, n_steps, has_eval=False)
+    args = training_arguments(recipe, n_steps, has_eval=False)
     return model, mixture, collator, args, StepTimer(FlopModel.of(model), args.device)
 
 

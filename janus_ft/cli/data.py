@@ -64,9 +64,9 @@ def _trainer_option(parser) -> None:
 
 
 def _trainer(args) -> str:
-    from ..recipe import recipe_trainer
+    from ..recipe import recipe_method
 
-    return args.trainer or (recipe_trainer(args.recipe) if args.recipe else "sft")
+    return args.trainer or (recipe_method(args.recipe) if args.recipe else "sft")
 
 
 SOURCE_HELP = ("a JSONL, Parquet, Arrow, CSV or JSON file, an imagefolder or saved-dataset directory, or a hub "

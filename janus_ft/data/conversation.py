@@ -50,6 +50,12 @@ def detect_format(processor_or_tokenizer) -> str:
     return "janus-pro" if FORMATS["janus-pro"].user in tok.get_vocab() else "janus"
 
 
+def resolve_format(processor_or_tokenizer, fmt: str | None = "auto") -> str:
+    """The conversation format to render in: `fmt` as given, or detected (`detect_format`) for
+    "auto" / None -- the one place a recipe's `model.format` or a `--format` flag is resolved."""
+    return detect_format(processor_or_tokenizer) if fmt in (None, "auto") else fmt
+
+
 def content_parts(text: str) -> list[dict]:
     """User text with `<image>` tags -> chat-template content parts (what inference passes to the
     processor), so training and inference lay a turn out from the same parts.

@@ -202,13 +202,12 @@ def vq_codes(model, targets, cache_dir) -> dict[str, list[int]]:
     process encodes first, so other ranks only read the cache."""
     if not len(targets):
         return {}
-    from accelerate import PartialState
-
+    from ..files import main_process_first
     from .vq import CodeCache, codes_for_files, vq_on_accelerator
 
     paths = sorted({str(p) for p in targets})
     cache = CodeCache(cache_dir)
-    with PartialState().main_process_first(), vq_on_accelerator(model):
+    with main_process_first(), vq_on_accelerator(model):
         codes = codes_for_files(model, paths, cache)
     # Per rank on purpose: each rank says whether it encoded or read the main process's cache.
     logger.info(f"VQ codes for {len(paths)} image(s): {cache.hits} cached, {cache.encoder_passes} encoded",

@@ -33,7 +33,7 @@ import pyarrow as pa
 from accelerate.logging import get_logger
 
 from ..errors import BadRecord
-from ..files import cache_root, publish, remove
+from ..files import cache_root, main_process_first, publish, remove
 from ..janus import TASKS, SpecialIds
 from ..recipe import DataSource
 from .conversation import render
@@ -112,10 +112,9 @@ def prepare(sources: list[DataSource], seed: int, tokenization: Tokenization, nu
     too); the other ranks then open its files. A source that cannot be read raises, or with
     `errors` is listed there and skipped; bad records stay rows holding their error (`errors_of`)."""
     import datasets
-    from accelerate import PartialState
 
     parts = []
-    with PartialState().main_process_first():
+    with main_process_first():
         for src in sources:
             try:
                 parts.append(prepare_source(src, seed, tokenization, num_proc, root))

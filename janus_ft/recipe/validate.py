@@ -38,6 +38,8 @@ def validate(recipe: Recipe) -> None:
     if d.packing and d.group_by_length:
         raise RecipeError("data.packing and data.group_by_length both set: packed rows have no padding "
                           "to save, pick one")
+    if d.pad_to_multiple_of is not None and (d.pad_to_multiple_of < 1 or d.packing):
+        raise RecipeError("data.pad_to_multiple_of must be >= 1, and applies to padded micro-batches (not data.packing)")
     if d.max_length < 8:
         raise RecipeError(f"data.max_length must be at least 8, got {d.max_length}")
     if not d.train:

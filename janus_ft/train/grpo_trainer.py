@@ -19,13 +19,10 @@ straight run drew.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
-from transformers import Trainer
 
 from ..data.prompts import Prompt
 from ..data.vq import decode_codes_to_pil
@@ -34,8 +31,9 @@ from ..infer.rollout import completion_batch, sample_images, sample_text
 from ..janus import SpecialIds
 from ..model.grpo_loss import group_advantages, grpo_loss
 from ..model.logprobs import target_logps
+from .base import JanusTrainer, outputs
+from .metrics import std
 from .rewards import Reward, score
-from .upstream import AtomicCheckpoints
 
 logger = get_logger(__name__)
 
@@ -134,15 +132,18 @@ def sampling_seed(base: int, step: int, micro: int, k: int) -> int:
     return ((base * 1_000_003 + step) * 1009 + micro * 101 + k) % (2 ** 31)
 
 
-class GrpoTrainer(AtomicCheckpoints, Trainer):
-    def __init__(self, *args, sampler: Sampler, prompts: list[Prompt], eval_prompts: list[Prompt],
-                 eval_images: int = 4, **kwargs):
+class GrpoTrainer(JanusTrainer):
+    # compute_loss returns the micro-batch's own normalised loss: the Trainer divides it by the
+    # accumulation steps.
+    loss_is_scaled_for_ga = False
+    has_eval_loss = False   # held-out prompts are scored by the rewards (`RewardProbe`)
+
+    def __init__(self, *args, sampler: Sampler, prompts: list[Prompt], **kwargs):
         super().__init__(*args, **kwargs)
-        self.sampler, self.prompts, self.eval_prompts = sampler, prompts, eval_prompts
-        self.eval_images = eval_images
+        self.model_accepts_loss_kwargs = False
+        self.sampler, self.prompts = sampler, prompts
         self.g = sampler.grpo
         self.seed = self.g.seed if self.g.seed is not None else self.args.seed
-        self._metrics = defaultdict(list)
         self._micro, self._micro_step = 0, None
 
     # ---- sampling -------------------------------------------------------------------------------
@@ -154,38 +155,51 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         prompts = [self.prompts[i] for i in inputs["prompt_index"].tolist()]
         seeds = [sampling_seed(self.seed, step, self._micro * 1000 + self.args.process_index, k)
                  for k in range(len(prompts))]
-        model = self.accelerator.unwrap_model(self.model)
-        scored = self.sampler.sample(model, prompts, n, seeds)
+        with self.generation_model() as model:
+            scored = self.sampler.sample(model, prompts, n, seeds)
         advantages = group_advantages(scored.total, n, self.g.scale_rewards)
         batch = {k: (v.to(self.args.device) if torch.is_tensor(v) else v) for k, v in scored.batch.items()}
         batch["loss_plan"] = {k: v.to(self.args.device) for k, v in scored.batch["loss_plan"].items()}
         out = {"batch": batch, "advantages": advantages.to(self.args.device), "scored": scored}
         if self.g.beta != 0.0:
+            model = self.accelerator.unwrap_model(self.model)
             with torch.no_grad(), model.disable_adapter():
                 out["ref_logps"] = target_logps(model, batch).tokens
         self._log_sampling(scored, n)
         return out
 
     def _log_sampling(self, scored: Scored, n: int) -> None:
-        m = self._metrics
-        for j, reward in enumerate(self.sampler.rewards):
-            m[f"rewards/{reward.label}/mean"].append(scored.rewards[:, j].mean().item())
-            m[f"rewards/{reward.label}/std"].append(scored.rewards[:, j].std().item() if len(scored.total) > 1 else 0.0)
-        m["reward"].append(scored.total.mean().item())
+        """TRL's GRPO metrics of the sampled groups, into the store (nothing read from the device)."""
+        add = self.metrics.add
+        rewards = scored.rewards
+        names = [f"rewards/{r.label}/mean" for r in self.sampler.rewards]
+        add("train", names, rewards.sum(0), torch.full((rewards.shape[1],), float(rewards.shape[0])),
+            squares=(rewards ** 2).sum(0))
         grouped = scored.total.view(-1, n)
-        m["reward_std"].append(grouped.std(1).mean().item())
-        m["frac_reward_zero_std"].append((grouped.std(1) < 1e-6).float().mean().item())
-        text = [length for length, task in zip(scored.lengths, scored.tasks) if task != "generation"]
+        spread = grouped.std(1)
+        add("train", ["reward", "reward_std", "frac_reward_zero_std"],
+            torch.stack([scored.total.sum(), spread.sum(), (spread < 1e-6).float().sum()]),
+            torch.tensor([float(len(scored.total)), len(spread), len(spread)]))
+        text = [(length, cut) for length, cut, task in zip(scored.lengths, scored.truncated, scored.tasks)
+                if task != "generation"]
         if text:
-            m["completions/mean_length"].append(sum(text) / len(text))
-            cut = [t for t, task in zip(scored.truncated, scored.tasks) if task != "generation"]
-            m["completions/clipped_ratio"].append(sum(cut) / len(cut))
+            add("train", ["completions/mean_length", "completions/clipped_ratio"],
+                torch.tensor([float(sum(length for length, _ in text)), float(sum(cut for _, cut in text))]),
+                float(len(text)))
+
+    def metric_values(self, stats: dict) -> dict[str, float]:
+        """Means, and each reward function's standard deviation over the completions (`/std`)."""
+        values = super().metric_values(stats)
+        for name, row in stats.items():
+            if name.startswith("rewards/") and name.endswith("/mean"):
+                values[name.replace("/mean", "/std")] = std(row)
+        return values
 
     # ---- loss -----------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch, scored = inputs["batch"], inputs["scored"]
-        lp = target_logps(model, batch)
+        lp = target_logps(model, batch, input_grad=self.reentrant_checkpointing())
         mask = lp.mask
         if self.g.mask_truncated_completions:   # text only: an image is never truncated
             keep = torch.tensor([not t for t in scored.truncated], device=mask.device)
@@ -196,49 +210,45 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         out = grpo_loss(lp.tokens, mask, inputs["advantages"], ref_logps=inputs.get("ref_logps"), beta=self.g.beta,
                         epsilon=self.g.epsilon, epsilon_high=self.g.epsilon_high, loss_type=self.g.loss_type,
                         lengths=lengths, step_tokens=int(mask.sum()))
-        if not torch.isfinite(out.loss):
-            from .checkpoint import TrainingError
-            raise TrainingError(f"non-finite GRPO loss at step {self.state.global_step + 1}: training stopped. "
-                                "Lower train.learning_rate or check the rewards")
-        self._metrics["kl"].append(out.kl.item())
-        self._metrics["clip_ratio/region_mean"].append(out.clip_fraction.item())
-        return (out.loss, None) if return_outputs else out.loss
+        stopped = self.guard(model, torch.stack([out.loss.detach(), torch.ones_like(out.loss)])[None], ["the GRPO loss"],
+                             return_outputs)
+        if stopped is not None:
+            return stopped
+        self.metrics.add("train", ["kl", "clip_ratio/region_mean"], torch.stack([out.kl, out.clip_fraction]))
+        return outputs(out.loss, return_outputs)
 
     def floating_point_ops(self, inputs) -> int:
         return 0   # inputs are prompt indices: transformers' token-count estimate does not apply
 
-    def log(self, logs: dict, start_time=None) -> None:
-        if "loss" in logs:   # every rank logs at the same steps (the Trainer reduces the loss there too)
-            logs.update(mean_over_ranks({k: v for k, v in self._metrics.items() if v}, self.accelerator))
-            self._metrics.clear()
-        super().log(logs, start_time)
 
-    # ---- held-out evaluation --------------------------------------------------------------------
+@dataclass
+class RewardProbe:
+    """GRPO's evaluation: the mean reward of `n` completions of every held-out prompt (`eval_reward`,
+    `eval_rewards/<fn>`), sampled with seeds that depend only on the prompt's position -- every
+    evaluation draws from the same noise, so the curve shows the model changing -- and a grid of the
+    images sampled for the first `images` generation prompts. Every rank samples (the same prompts,
+    the same seeds), so sampling under ZeRO-3 keeps the ranks in step."""
 
-    def evaluate(self, *args, **kwargs) -> dict:
-        """Mean reward on the held-out prompts (fixed seeds: every evaluation draws from the same
-        noise, so the curve shows the model changing) and a grid of the images sampled for the first
-        `train.eval_images` generation prompts (`output_dir/samples/step-N.png`)."""
-        if not self.eval_prompts:
-            return {}
-        n = self.g.num_generations_eval or self.g.num_generations
-        model = self.accelerator.unwrap_model(self.model)
-        metrics = evaluate_rewards(self.sampler, model, self.eval_prompts, n, self.seed)
-        if self.is_world_process_zero():
-            self._grid(model)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+    sampler: Sampler
+    prompts: list[Prompt]
+    n: int
+    seed: int
+    images: int = 4
+    chunk: int = 8
+    every_rank = True
 
-    def _grid(self, model) -> Path | None:
-        captions = [p for p in self.eval_prompts if p.task == "generation"][:self.eval_images]
+    def enabled(self) -> bool:
+        return bool(self.prompts)
+
+    def run(self, model, step: int) -> tuple[dict, object]:
+        return evaluate_rewards(self.sampler, model, self.prompts, self.n, self.seed, self.chunk), self._grid(model)
+
+    def _grid(self, model):
+        captions = [p for p in self.prompts if p.task == "generation"][:self.images]
         if not captions:
             return None
         scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))])
-        path = Path(self.args.output_dir) / "samples" / f"step-{self.state.global_step}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        contact_sheet(scored.images, columns=len(captions)).save(path)
-        return path
+        return contact_sheet(scored.images, columns=len(captions))
 
 
 def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8) -> dict:
@@ -254,18 +264,3 @@ def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, see
     out = {"eval_reward": total.mean().item()}
     out.update({f"eval_rewards/{r.label}": table[:, j].mean().item() for j, r in enumerate(sampler.rewards)})
     return {k: v for k, v in out.items() if math.isfinite(v)}
-
-
-def mean_over_ranks(metrics: dict[str, list[float]], accelerator) -> dict[str, float]:
-    """Each metric's mean over the values every rank collected since the last log: each rank
-    samples its own prompts, so one rank's rewards are only part of the step. Ranks may hold
-    different keys (a rank whose prompts were all images has no text lengths), hence objects."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        merged: dict[str, list[float]] = defaultdict(list)
-        for part in gather_object([metrics]):
-            for key, values in part.items():
-                merged[key] += values
-        metrics = merged
-    return {k: sum(v) / len(v) for k, v in metrics.items()}

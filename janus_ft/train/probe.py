@@ -4,14 +4,13 @@ few validation records and draw a few captions, with the metrics and sample grid
 The Trainer already logs the validation loss per task; this adds what a loss cannot show -- exact
 match / CER on generated answers, and what the image path draws -- so a regression on the other
 path shows up while the run can still be stopped. Metrics go to the Trainer's log (TensorBoard
-included, as scalars); grids to `output_dir/samples/step-N.png` and, when TensorBoard is a logger,
-as images.
+included, as scalars); the trainer (`base.JanusTrainer.publish_grid`) writes the grid to
+`output_dir/samples/step-N.png` and, when TensorBoard is a logger, as an image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -43,21 +42,14 @@ class TrainingProbe:
         return len(self.prompts[:self.images]) if self.prompts else min(self.images, len(self.val_sets.get("generation", ())))
 
     @torch.no_grad()
-    def run(self, model, step: int, output_dir: Path) -> tuple[dict, Path | None]:
-        """(metrics named `eval_<task>_<metric>`, path of the step's sample grid or None)."""
+    def run(self, model, step: int) -> tuple[dict, object]:
+        """(metrics named `eval_<task>_<metric>`, the step's sample grid as an image, or None)."""
         was_training = model.training
         model.eval()
         try:
-            metrics = self._answer(model)
-            grid = self._draw(model)
+            return self._answer(model), self._draw(model)
         finally:
             model.train(was_training)
-        path = None
-        if grid is not None:
-            path = Path(output_dir) / "samples" / f"step-{step}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
-        return metrics, path
 
     def _answer(self, model) -> dict:
         metrics = {}
@@ -80,13 +72,3 @@ class TrainingProbe:
                  for i, caption in enumerate(self.prompts[:n])]
         return contact_sheet(decode_codes_to_pil(model, torch.stack(codes)), columns=n)
 
-
-def tensorboard_image(callbacks, tag: str, path: Path, step: int) -> None:
-    """Add a PNG to the event file the Trainer's TensorBoard callback writes its scalars to."""
-    import numpy as np
-    from PIL import Image
-    from transformers.integrations import TensorBoardCallback
-
-    for callback in callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-            callback.tb_writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
