@@ -3,7 +3,7 @@ something that exists, no module imports one above its layer, nothing imports th
 production code never builds the tiny model, and no import cycle exists.
 
 Layers, lowest first: facts and config (janus, errors, files, recipe) < data < model < infer <
-eval, export < train < bench, ui < cli. The tiny-model builder is for the command line and benchmarks.
+eval, export < train < bench, ui < cli, api. The tiny-model builder is for the entry points and benchmarks.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ LAYERS = {
     "janus_ft.janus": 0, "janus_ft.errors": 0, "janus_ft.files": 0, "janus_ft.recipe": 0,
     "janus_ft.data": 1, "janus_ft.model": 2, "janus_ft.infer": 3, "janus_ft.eval": 4, "janus_ft.export": 4,
     "janus_ft.train": 5, "janus_ft.bench": 6, "janus_ft.tiny": 6, "janus_ft.ui": 6, "janus_ft.cli": 7,
+    "janus_ft.api": 7,
 }
-TINY_USERS = ("janus_ft.cli", "janus_ft.bench")
+# The entry points (command line, Python API) build the tiny model when a recipe names it; benchmarks build sizes of it.
+TINY_USERS = ("janus_ft.cli", "janus_ft.api", "janus_ft.bench")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -69,7 +69,7 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
     """--interleave: a bare step right before or right after each janus-ft step, half the steps each
     way in a seeded order, each pair on the same batch; janus-ft's step time leaves the bare step out."""
     from janus_ft.bench import loops, run
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.train.base import JanusTrainer
 
     order, models = [], {}
     training_step, bare_step = JanusTrainer.training_step, loops.BareLoop.step
@@ -83,7 +83,7 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
         order.append("B")
         models["B"] = self.model
         bare_step(self)
-        time.sleep(0.3)   # work between janus-ft's steps that is not janus-ft's
+        time.sleep(1.0)   # work between janus-ft's steps that is not janus-ft's
 
     monkeypatch.setattr(JanusTrainer, "training_step", janus)
     monkeypatch.setattr(loops.BareLoop, "step", bare)
@@ -96,7 +96,9 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
     framework, bare_result = report["variants"]
     assert report["interleaved"] and bare_result["totals"] == framework["totals"]
     assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)
-    assert framework["median_step_time_s"] < 0.25   # the bare half's time is left out of janus-ft's step
+    # The bare half's time (its step and the 1 s sleep) is left out of janus-ft's step: counted, it
+    # would put janus-ft's step above 1 s; the demo's own step takes 0.2-0.5 s on 2 loaded cores.
+    assert framework["median_step_time_s"] < 1.0
     # the two models share their frozen weights and nothing that trains
     ours, twin = dict(models["J"].named_parameters()), dict(models["B"].named_parameters())
     assert ours.keys() == twin.keys()

@@ -64,10 +64,10 @@ def torchrun(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, str
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_dir):
     """The reference: one process, 4 samples per step."""
-    from janus_ft.train.sft import run_sft
+    import janus_ft
 
     out = tmp_path_factory.mktemp("single") / "run"
-    run_sft(load_recipe(DEMO, [*COMMON, "train.per_device_train_batch_size=4", f"output_dir={out}"]))
+    janus_ft.sft(load_recipe(DEMO, [*COMMON, "train.per_device_train_batch_size=4", f"output_dir={out}"]))
     return out
 
 
@@ -146,7 +146,7 @@ def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, 
         unset_hf_deepspeed_config,
     )
 
-    from janus_ft.train.sft import sft_config
+    from janus_ft.train.arguments import training_arguments
 
     monkeypatch.chdir(tmp_path)   # train.deepspeed is relative to the recipe file from anywhere
     recipe = load_recipe(DEMO, [f"train.deepspeed=deepspeed/{name}", "output_dir=o"])
@@ -156,7 +156,7 @@ def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, 
     assert "optimizer" not in config   # the Trainer's own AdamW: works on CPU and GPU alike
     try:
         hf = HfTrainerDeepSpeedConfig(config)
-        hf.trainer_config_process(sft_config(recipe, max_steps=10, has_eval=False))
+        hf.trainer_config_process(training_arguments(recipe, max_steps=10, has_eval=False))
         assert hf.config["train_micro_batch_size_per_gpu"] == recipe.train.per_device_train_batch_size
         assert hf.config["gradient_accumulation_steps"] == recipe.train.gradient_accumulation_steps
         assert hf.config["gradient_clipping"] == recipe.train.max_grad_norm
@@ -253,7 +253,7 @@ elif hook == "probe_window":
 if hook == "kill_mid_save" and rank == "1":
     # Rank 1 dies by SIGKILL in the middle of checkpoint-4: rank 0 has written the adapter into
     # staging, rank 1's optimizer step and RNG state never come.
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.train.base import JanusTrainer
     real_save = JanusTrainer._save_optimizer_and_scheduler
 
     def save(self, output_dir):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
+import janus_ft
 from janus_ft.cli import main
 from janus_ft.recipe import load_recipe
-from janus_ft.train.grpo import run_grpo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
         f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=20", "train.eval_steps=20",
         "grpo.num_generations=16", "train.per_device_train_batch_size=32", "train.learning_rate=2e-2",
         "train.save_steps=100", "train.disable_tqdm=true", "grpo.num_generations_eval=4", "train.eval_images=4"])
-    history = run_grpo(recipe).log_history
+    history = janus_ft.grpo(recipe).log_history
     before, after = evals(history)[0], evals(history)[-1]
     print(f"held-out colour reward {before:.3f} -> {after:.3f}; train curve "
           f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
@@ -60,7 +60,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
 def test_understanding_exact_match_rises_from_the_base_value(tiny_dir, tmp_path):
     recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
         f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12", "train.disable_tqdm=true"])
-    history = run_grpo(recipe).log_history
+    history = janus_ft.grpo(recipe).log_history
     before, after = evals(history, "eval_rewards/exact_match")[0], evals(history, "eval_rewards/exact_match")[-1]
     print(f"held-out exact match {before:.3f} -> {after:.3f}")
     assert before < 0.02 and after > 0.15
@@ -110,7 +110,7 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
     args = [f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=4",
             "grpo.max_completion_length=2", "train.per_device_train_batch_size=8", "train.max_steps=4",
             "train.save_steps=2", "train.disable_tqdm=true", "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]"]
-    straight = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
+    straight = janus_ft.grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
     out = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "janus_ft.cli", "grpo", "--recipe", str(REPO / "recipes/grpo_format.yaml"),
@@ -128,7 +128,7 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
         if late.name != "checkpoint-2":   # it may have got further before the kill: resume from 2
             import shutil
             shutil.rmtree(late)
-    resumed = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={out}", "train.resume=true"]))
+    resumed = janus_ft.grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={out}", "train.resume=true"]))
     a = {e["step"]: e for e in straight.log_history if "reward" in e}
     b = {e["step"]: e for e in resumed.log_history if "reward" in e}
     assert sorted(b) == [1, 2, 3, 4] and json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
@@ -141,11 +141,12 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
 @pytest.mark.parametrize("name", ["grpo_t2i.yaml", "grpo_format.yaml"])
 def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
     from janus_ft.recipe.grpo import check_grpo
-    from janus_ft.train.grpo import grpo_arguments
+    from janus_ft.train.arguments import training_arguments
+    from janus_ft.train.grpo import prompts_per_micro_batch
 
     recipe = load_recipe(REPO / "recipes" / name, [f"output_dir={tmp_path}"])
     check_grpo(recipe.grpo, recipe.train.per_device_train_batch_size, 1, 1)
-    args = grpo_arguments(recipe, 5, has_eval=True)
+    args = training_arguments(recipe, 5, True, prompts_per_micro_batch(recipe))
     # The Trainer's batch is prompts: each brings num_generations completions.
     assert args.per_device_train_batch_size * recipe.grpo.num_generations == recipe.train.per_device_train_batch_size
     assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
@@ -163,7 +164,7 @@ def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
             "train.max_steps=3", "train.logging_steps=1", "train.disable_tqdm=true", "train.save_steps=1000",
             f"grpo.rewards=[{{fn: '{tmp_path / 'value.py'}:value'}}]"]
     recipe = str(REPO / "recipes/grpo_format.yaml")
-    one = run_grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
+    one = janus_ft.grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "janus_ft.cli",
            "grpo", "--recipe", recipe, *args, "train.per_device_train_batch_size=4", f"output_dir={tmp_path / 'two'}"]
     run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)

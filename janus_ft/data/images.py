@@ -3,7 +3,7 @@
 The checkpoint's `JanusImageProcessor` pads the short side to a square with the mean colour
 ((127, 127, 127) for Janus's 0.5 mean), resizes to the vision tower's size and normalises
 (docs/janus.md, image preprocessing). Generation targets are opened and converted to RGB here too, so
-both paths agree on what an image looks like, then preprocessed by `janus_ft.vq`.
+both paths agree on what an image looks like, then preprocessed by `janus_ft.data.vq`.
 """
 
 from __future__ import annotations

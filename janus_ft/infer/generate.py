@@ -4,7 +4,7 @@
 The prompt is rendered as the data layer renders a generation record (`{R_u}: caption\\n\\n{R_a}:`,
 no system prompt) and the processor in image mode appends `<begin_of_image>`, so sampling starts
 from the exact prefix the generation loss trained on. Codes are decoded with the original Janus
-mapping (`janus_ft.vq.decode_codes_to_pil`).
+mapping (`janus_ft.data.vq.decode_codes_to_pil`).
 """
 
 from __future__ import annotations

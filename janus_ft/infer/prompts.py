@@ -1,7 +1,7 @@
 """Inference helpers shared by `chat`, `generate` and `eval`: load a base (+ LoRA adapter) for
 inference, and build prompts exactly as training builds them.
 
-Prompts are rendered by `janus_ft.conversation` and tokenized by `janus_ft.tokens.encode`, the
+Prompts are rendered by `janus_ft.data.conversation` and tokenized by `janus_ft.data.tokens.encode`, the
 same two functions the dataset uses, so a fine-tune is asked its questions in the very token
 sequence it was trained on (and, for one turn, the sequence transformers' `JanusProcessor` builds
 from its chat template).

@@ -107,7 +107,7 @@ def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts
     checkpointing asks for on the LLM's input embeddings, which only reentrant checkpointing needs
     (`JanusTrainer` passes what its arguments say).
 
-    The batch's `loss_plan` (`janus_ft.collate.loss_plan`, made by the collator on the CPU) says
+    The batch's `loss_plan` (`janus_ft.data.collate.loss_plan`, made by the collator on the CPU) says
     where targets and images sit; nothing here waits for the device to report a count, so a GPU
     step is queued without a host sync. A batch without a plan gets one here.
     """

@@ -88,8 +88,9 @@ def keys_table() -> str:
         cells = []
         for name in names:
             why = METHODS[name].unread.get(key)
-            cells.append("-" if key not in row or why else "reads")
-        lines.append(f"| `{key}` | " + " | ".join(cells) + f" | {row['help']} |")
+            cells.append("-" if name not in row or why else "reads")
+        help_text = row["help"].replace("|", "\\|")
+        lines.append(f"| `{key}` | " + " | ".join(cells) + f" | {help_text} |")
     notes = ["", "Why a method does not read a key (setting it is an error that says this):", ""]
     for name in names:
         for key, why in METHODS[name].unread.items():

@@ -56,9 +56,9 @@ class JanusTrainer(AtomicCheckpoints, Trainer):
 
     # ---- the NaN policy ---------------------------------------------------------------------------
 
-    def guard(self, model, sums: torch.Tensor, names: list[str], return_outputs: bool):
-        """None while the micro-batch's `sums` ((rows, 2): a loss sum and its count per name) are
-        finite; else what `compute_loss` must return instead of its loss (or it raises).
+    def guard(self, model, sums: torch.Tensor, names: list[str], return_outputs: bool, kind: str = "task(s) "):
+        """None while the micro-batch's `sums` ((rows, 2): a loss sum and its count per name, e.g.
+        per task) are finite; else what `compute_loss` must return instead of its loss (or it raises).
 
         Judged when it is time: every micro-batch under nan_policy=skip, else the step's last one --
         before its backward, so before any optimizer step (DeepSpeed steps inside that backward).
@@ -70,9 +70,9 @@ class JanusTrainer(AtomicCheckpoints, Trainer):
         self._pending = None
         pending = self.all_ranks(pending)
         bad = [name for name, (value, n) in zip(names, pending.tolist()) if n and not math.isfinite(value)]
-        return self._non_finite(model, bad, return_outputs) if bad else None
+        return self._non_finite(model, kind + ", ".join(bad), return_outputs) if bad else None
 
-    def _non_finite(self, model, names: list[str], return_outputs: bool):
+    def _non_finite(self, model, where: str, return_outputs: bool):
         """A NaN / inf loss never reaches the weights: stop (default), or with train.nan_policy=skip
         give this micro-batch a zero loss. The zero is `0 * parameter` summed over the trainable
         parameters, so every one gets a (zero) gradient and DDP's all-reduce still lines up."""
@@ -82,12 +82,12 @@ class JanusTrainer(AtomicCheckpoints, Trainer):
 
             last = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
             raise TrainingError(
-                f"non-finite loss at step {step} in {', '.join(names)}: training stopped"
+                f"non-finite loss at step {step} in {where}: training stopped"
                 + (f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet")
                 + ". Lower train.learning_rate, check that data, or set train.nan_policy=skip")
         self.skipped_batches += 1
         self.metrics.add("train", ["skipped_batches"], torch.tensor([float(self.skipped_batches)]))
-        logger.warning(f"non-finite loss at step {step} in {', '.join(names)}: micro-batch skipped "
+        logger.warning(f"non-finite loss at step {step} in {where}: micro-batch skipped "
                        f"({self.skipped_batches} so far)")
         zero = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
         return outputs(zero, return_outputs)

@@ -38,6 +38,12 @@ def read_prompts(recipe: Recipe) -> tuple[list[Prompt], list[Prompt]]:
     return train_prompts, val_prompts
 
 
+def prompts_per_micro_batch(recipe: Recipe) -> int:
+    """The Trainer's batch: prompts, each sampled `grpo.num_generations` times, so that a micro-batch
+    holds `train.per_device_train_batch_size` completions."""
+    return recipe.train.per_device_train_batch_size // recipe.grpo.num_generations
+
+
 class GRPO(Method):
     name = "grpo"
     trainer_class = GrpoTrainer
@@ -55,7 +61,7 @@ class GRPO(Method):
     def build(self, recipe, model, processor, fmt, data) -> Setup:
         rewards, train_prompts, val_prompts = data
         t, g = recipe.train, recipe.grpo
-        per_device = t.per_device_train_batch_size // g.num_generations   # prompts per micro-batch
+        per_device = prompts_per_micro_batch(recipe)
         prompts_per_step = per_device * t.gradient_accumulation_steps * world_size()
         steps = t.max_steps if t.max_steps > 0 else math.ceil(len(train_prompts) * t.num_train_epochs / prompts_per_step)
         sampler = Sampler(processor, fmt, g, rewards, recipe.data.system_prompt)

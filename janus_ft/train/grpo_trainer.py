@@ -211,7 +211,7 @@ class GrpoTrainer(JanusTrainer):
                         epsilon=self.g.epsilon, epsilon_high=self.g.epsilon_high, loss_type=self.g.loss_type,
                         lengths=lengths, step_tokens=int(mask.sum()))
         stopped = self.guard(model, torch.stack([out.loss.detach(), torch.ones_like(out.loss)])[None], ["the GRPO loss"],
-                             return_outputs)
+                             return_outputs, kind="")
         if stopped is not None:
             return stopped
         self.metrics.add("train", ["kl", "clip_ratio/region_mean"], torch.stack([out.kl, out.clip_fraction]))
