@@ -19,11 +19,11 @@ from ..data.conversation import detect_format
 from ..data.images import check_images
 from ..data.prompts import Prompt, load_prompts
 from ..errors import RecipeError, UserError
+from ..eval.rewards import load_rewards
 from ..recipe import Recipe
 from ..recipe.grpo import check_grpo
 from .checkpoint import SaveEverySteps, SignalCheckpoint
 from .distributed import distributed_fields, distributed_state, has_accelerator, world_size
-from .rewards import load_rewards
 from .sft import claim_output_dir, save_outputs, train
 from .trainer import ConsoleCallback
 

@@ -18,9 +18,7 @@ straight run drew.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,89 +26,15 @@ from accelerate.logging import get_logger
 from transformers import Trainer
 
 from ..data.prompts import Prompt
-from ..data.vq import decode_codes_to_pil
+from ..eval.sampler import Sampler, Scored, evaluate_rewards, sampling_seed
 from ..infer.generate import contact_sheet
-from ..infer.rollout import completion_batch, sample_images, sample_text
-from ..janus import SpecialIds
 from ..model.grpo_loss import group_advantages, grpo_loss
 from ..model.logprobs import target_logps
-from .rewards import Reward, score
 from .upstream import AtomicCheckpoints
 
+__all__ = ["GrpoTrainer", "PromptIndices", "Sampler", "collate_indices", "evaluate_rewards", "sampling_seed"]
+
 logger = get_logger(__name__)
-
-
-@dataclass
-class Scored:
-    batch: dict               # prompt + completion rows, group after group
-    rewards: torch.Tensor     # (rows, reward functions), unweighted
-    total: torch.Tensor       # (rows,) weighted sum
-    truncated: list           # per row: a text answer cut at max_completion_length
-    lengths: list             # per row: completion tokens
-    tasks: list               # per row
-    images: list              # decoded images of generation rows, in order
-
-
-@dataclass
-class Sampler:
-    """Samples and scores groups of completions for prompts (training and held-out evaluation)."""
-
-    processor: object
-    fmt: str
-    grpo: object              # recipe.grpo
-    rewards: list[Reward]
-    system_prompt: str | None = None
-
-    def __post_init__(self):
-        self.special = SpecialIds.from_tokenizer(self.processor.tokenizer)
-
-    def rollout(self, model, prompt: Prompt, n: int, seed: int):
-        g = self.grpo
-        if prompt.task == "generation":
-            return sample_images(model, self.processor, prompt.record.caption, self.fmt, n, g.guidance_scale,
-                                 g.temperature, seed, g.top_p, g.top_k)
-        return sample_text(model, self.processor, prompt.record, self.fmt, n, g.temperature, g.top_p,
-                           g.max_completion_length, seed, self.system_prompt, g.top_k)
-
-    @torch.no_grad()
-    def sample(self, model, prompts: list[Prompt], n: int, seeds: list[int]) -> Scored:
-        was_training = model.training
-        model.eval()   # no LoRA dropout while sampling
-        try:
-            rollouts = [self.rollout(model, p, n, s) for p, s in zip(prompts, seeds)]
-        finally:
-            model.train(was_training)
-        core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        batch = completion_batch(rollouts, self.special, core.config.image_token_id)
-        texts, images, completions = [], [], []
-        for r in rollouts:
-            if r.task == "generation":
-                decoded = decode_codes_to_pil(model, torch.tensor(r.completions))
-                images += decoded
-                completions += decoded
-            else:
-                answers = [self.processor.tokenizer.decode(c, skip_special_tokens=True).strip() for c in r.completions]
-                texts += answers
-                completions += answers
-        rows = [(p, r) for p, r in zip(prompts, rollouts) for _ in r.completions]
-        fields = _fields([p for p, _ in rows])
-        if any(r.task == "generation" for _, r in rows):
-            fields["codes"] = [c if r.task == "generation" else None for r in rollouts for c in r.completions]
-        table = self._score(rows, completions, fields)
-        weights = torch.tensor([r.weight for r in self.rewards])
-        return Scored(batch, table, table @ weights, [t for r in rollouts for t in r.truncated],
-                      [len(c) for r in rollouts for c in r.completions], [r.task for _, r in rows], images)
-
-    def _score(self, rows, completions, fields) -> torch.Tensor:
-        texts = [p.record.caption if p.task == "generation" else p.record.turns[-1][0] for p, _ in rows]
-        where = [p.where for p, _ in rows]
-        return torch.tensor(score(self.rewards, texts, completions, fields, where), dtype=torch.float32).T
-
-
-def _fields(prompts: list[Prompt]) -> dict:
-    """Every extra field of the prompts as a list aligned with them (None where one lacks it)."""
-    keys = list(dict.fromkeys(k for p in prompts for k in p.fields))
-    return {k: [p.fields.get(k) for p in prompts] for k in keys}
 
 
 class PromptIndices(torch.utils.data.Dataset):
@@ -128,10 +52,6 @@ class PromptIndices(torch.utils.data.Dataset):
 
 def collate_indices(indices: list[int]) -> dict:
     return {"prompt_index": torch.tensor(indices)}
-
-
-def sampling_seed(base: int, step: int, micro: int, k: int) -> int:
-    return ((base * 1_000_003 + step) * 1009 + micro * 101 + k) % (2 ** 31)
 
 
 class GrpoTrainer(AtomicCheckpoints, Trainer):
@@ -155,7 +75,7 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         seeds = [sampling_seed(self.seed, step, self._micro * 1000 + self.args.process_index, k)
                  for k in range(len(prompts))]
         model = self.accelerator.unwrap_model(self.model)
-        scored = self.sampler.sample(model, prompts, n, seeds)
+        scored = self.sampler.sample(model, prompts, n, seeds, self.state)
         advantages = group_advantages(scored.total, n, self.g.scale_rewards)
         batch = {k: (v.to(self.args.device) if torch.is_tensor(v) else v) for k, v in scored.batch.items()}
         batch["loss_plan"] = {k: v.to(self.args.device) for k, v in scored.batch["loss_plan"].items()}
@@ -167,14 +87,26 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         return out
 
     def _log_sampling(self, scored: Scored, n: int) -> None:
+        """TRL's sampling metrics, NaN-aware: a reward's None is left out of its mean, a completion no
+        reward applies to out of `reward`; a metric with no value in this batch is not logged."""
+        from trl.trainer.utils import nanstd
+
         m = self._metrics
+
+        def put(key: str, value: torch.Tensor) -> None:
+            if torch.isfinite(value):
+                m[key].append(value.item())
+
         for j, reward in enumerate(self.sampler.rewards):
-            m[f"rewards/{reward.label}/mean"].append(scored.rewards[:, j].mean().item())
-            m[f"rewards/{reward.label}/std"].append(scored.rewards[:, j].std().item() if len(scored.total) > 1 else 0.0)
-        m["reward"].append(scored.total.mean().item())
-        grouped = scored.total.view(-1, n)
-        m["reward_std"].append(grouped.std(1).mean().item())
-        m["frac_reward_zero_std"].append((grouped.std(1) < 1e-6).float().mean().item())
+            put(f"rewards/{reward.label}/mean", scored.rewards[:, j].nanmean())
+            put(f"rewards/{reward.label}/std", nanstd(scored.rewards[:, j]) if len(scored.total) > 1 else torch.tensor(0.0))
+        put("reward", scored.total.nanmean())
+        group_std = nanstd(scored.total.view(-1, n), dim=1)
+        put("reward_std", group_std.nanmean())
+        m["frac_reward_zero_std"].append(torch.isclose(group_std, torch.zeros_like(group_std)).float().mean().item())
+        for name, values in self.sampler.logged.items():   # a reward's log_metric(name, value)
+            m[name].append(sum(values) / len(values))
+        self.sampler.logged.clear()
         text = [length for length, task in zip(scored.lengths, scored.tasks) if task != "generation"]
         if text:
             m["completions/mean_length"].append(sum(text) / len(text))
@@ -223,7 +155,7 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
             return {}
         n = self.g.num_generations_eval or self.g.num_generations
         model = self.accelerator.unwrap_model(self.model)
-        metrics = evaluate_rewards(self.sampler, model, self.eval_prompts, n, self.seed)
+        metrics = evaluate_rewards(self.sampler, model, self.eval_prompts, n, self.seed, trainer_state=self.state)
         if self.is_world_process_zero():
             self._grid(model)
         self.log(metrics)
@@ -239,21 +171,6 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         path.parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(scored.images, columns=len(captions)).save(path)
         return path
-
-
-def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8) -> dict:
-    """`eval_reward` (weighted sum) and `eval_rewards/<fn>` means over `n` completions of each prompt,
-    sampled with seeds that depend only on the prompt's position."""
-    totals, per_fn = [], []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start:start + chunk]
-        scored = sampler.sample(model, part, n, [sampling_seed(seed, -2, 0, start + k) for k in range(len(part))])
-        totals.append(scored.total)
-        per_fn.append(scored.rewards)
-    total, table = torch.cat(totals), torch.cat(per_fn)
-    out = {"eval_reward": total.mean().item()}
-    out.update({f"eval_rewards/{r.label}": table[:, j].mean().item() for j, r in enumerate(sampler.rewards)})
-    return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def mean_over_ranks(metrics: dict[str, list[float]], accelerator) -> dict[str, float]:
