@@ -86,3 +86,27 @@ def test_bad_trl_prompts_name_line_and_field(obj, field, problem):
     with pytest.raises(BadRecord) as err:
         parse_prompt(obj, P, 9)
     assert err.value.line == 9 and err.value.field == field and problem in str(err.value)
+
+
+def test_a_trl_prompt_dataset_with_an_image_column(tmp_path):
+    """TRL's VLM prompt datasets: a `prompt` column (conversational, an image part) and an `image`
+    column of `datasets.Image` values; every prompt gets every column (None where it has none)."""
+    import datasets
+    from PIL import Image
+
+    from janus_ft.data.prompts import load_prompts
+    from janus_ft.recipe import parse_source
+
+    red = Image.new("RGB", (8, 8), (220, 30, 30))
+    messages = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Colour?"}]}]
+    ds = datasets.Dataset.from_dict({"prompt": [messages], "image": [red], "solution": ["red"]})
+    ds.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "vlm.parquet"))
+    write_jsonl = tmp_path / "more.jsonl"
+    write_jsonl.write_text('{"prompt": "Say hi", "level": 2}\n')
+    sources = [parse_source({"path": str(tmp_path / "vlm.parquet")}, "data.train[0]"),
+               parse_source({"path": str(write_jsonl)}, "data.train[1]")]
+    first, second = load_prompts(sources, seed=0)
+    assert first.task == "understanding" and first.record.turns == [("<image>Colour?", "")]
+    assert list(Image.open(first.record.images[0]).getdata())[0] == (220, 30, 30)
+    assert first.fields == {"image": [str(first.record.images[0])], "solution": "red", "level": None}
+    assert second.fields == {"image": None, "solution": None, "level": 2}

@@ -156,4 +156,10 @@ def load_prompts(sources, seed: int) -> list[Prompt]:
     """The prompts of a recipe's sources (`DataSource`s), the first bad record raising."""
     from .sources import read_source
 
-    return [p for src in sources for p in read_source(src, seed, parse=parse_prompt, every_column=True)]
+    prompts = [p for src in sources for p in read_source(src, seed, parse=parse_prompt, every_column=True)]
+    # As a `datasets.Dataset` holds them for TRL: every prompt has every column (None where it lacks
+    # one), so a reward sees the same keywords whichever prompts a batch draws.
+    keys = list(dict.fromkeys(k for p in prompts for k in p.fields))
+    for p in prompts:
+        p.fields = {k: p.fields.get(k) for k in keys}
+    return prompts
