@@ -14,6 +14,7 @@ _LAZY = {
     "run_sft": "janus_ft.train.sft",
     "merge_adapter": "janus_ft.export.merge",
     "encode_images": "janus_ft.data.vq",
+    "Janus": "janus_ft.infer.engine",
 }
 
 __all__ = list(_LAZY)
