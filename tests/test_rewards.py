@@ -31,6 +31,11 @@ def test_builtins():
     scores = col.fn(prompts=["a red fox", "a fox"], completions=[red, red], colour=[None, "blue"])
     assert scores[0] == 1.0 and scores[1] < 0.5
     assert col.fn(prompts=["a fox"], completions=[blue], colour=["#1e46dc"]) == [1.0]
+    # Where a built-in does not apply it says None: no solution, an image for a text reward, text for colour.
+    assert em.fn(completions=["red", red], solution=[None, "red"]) == [None, None]
+    assert acc.fn(completions=["3"], solution=None) == [None] and sim.fn(completions=[red], solution=["x"]) == [None]
+    assert fmt.fn(completions=[red, "<a>b</a>"]) == [None, 1.0]
+    assert col.fn(prompts=["a red fox", "a red fox"], completions=["red", red]) == [None, 1.0]
 
 
 def test_file_module_and_callable_rewards(tmp_path):

@@ -208,7 +208,7 @@ def test_conversational_prompts(tiny_dir, tmp_path, reward_files):
                (f"{files}/example_1.py:reward_func", "reward_func"),
                (f"{files}/example_4.py:math_reward_func", "math_reward_func"),
                (f"{files}/example_4.py:coding_reward_func", "coding_reward_func"),
-               (f"{files}/trl_rewards.py:repetition", "repetition_penalty_reward")] + math_verify_rewards()
+               (f"{files}/trl_rewards.py:repetition", "repetition")] + math_verify_rewards()
     logged, calls = run(tmp_path, files, rm, prompts, rewards)
     check_logged_means(files, rm, rewards, logged, calls)
     for call in calls:
@@ -233,7 +233,7 @@ def test_standard_prompts(tiny_dir, tmp_path, reward_files):
                (f"{files}/example_3.py:reward_func", "reward_func_3"),
                (f"{files}/example_4.py:math_reward_func", "math_reward_func"),
                (f"{files}/example_4.py:coding_reward_func", "coding_reward_func"),
-               (f"{files}/trl_rewards.py:overlong", "soft_overlong_punishment_reward")]
+               (f"{files}/trl_rewards.py:overlong", "overlong")]
     logged, calls = run(tmp_path, files, rm, prompts, rewards)
     values = check_logged_means(files, rm, rewards, logged, calls)
     for call in calls:

@@ -83,39 +83,44 @@ def text_of(completion) -> str:
 
 
 # ---- built-ins ---------------------------------------------------------------------------------
+# Each returns None where it does not apply: the text rewards for an image or a record without a
+# `solution`, the colour reward for a text answer.
+
+def _is_text(completion) -> bool:
+    return isinstance(completion, (str, list))
+
 
 def _normalise(text) -> str:
     return " ".join(text_of(text).strip().lower().rstrip(".").split())
 
 
-def exact_match(completions, solution=None, **kwargs) -> list[float]:
+def _against_solution(completions, solution, compare) -> list[float | None]:
+    return [None if s is None or not _is_text(c) else float(compare(c, s))
+            for c, s in zip(completions, solution or [None] * len(completions))]
+
+
+def exact_match(completions, solution=None, **kwargs) -> list[float | None]:
     """1.0 where the answer equals the record's `solution` (case, surrounding space and a final dot
     ignored), else 0.0."""
-    solution = solution or [None] * len(completions)
-    return [float(s is not None and _normalise(c) == _normalise(s)) for c, s in zip(completions, solution)]
+    return _against_solution(completions, solution, lambda c, s: _normalise(c) == _normalise(s))
 
 
-def accuracy(completions, solution=None, **kwargs) -> list[float]:
+def accuracy(completions, solution=None, **kwargs) -> list[float | None]:
     """Like `exact_match`, but numbers compare as numbers ("3.0" equals "3") and the solution
     counts when it is the answer's last word ("the answer is 3")."""
-    out = []
-    for c, s in zip(completions, solution or [None] * len(completions)):
-        if s is None:
-            out.append(0.0)
-            continue
+    def right(c, s):
         words = _normalise(c).split()
-        last = words[-1] if words else ""
-        out.append(float(_same(_normalise(c), _normalise(s)) or _same(last, _normalise(s))))
-    return out
+        return _same(_normalise(c), _normalise(s)) or _same(words[-1] if words else "", _normalise(s))
+
+    return _against_solution(completions, solution, right)
 
 
-def similarity(completions, solution=None, **kwargs) -> list[float]:
+def similarity(completions, solution=None, **kwargs) -> list[float | None]:
     """1 - character error rate against `solution`, floored at 0 (a dense reward: partly right
     answers score above wrong ones, which helps a policy that rarely samples the exact answer)."""
     from .metrics import cer
 
-    return [0.0 if s is None else max(0.0, 1.0 - cer(_normalise(c), _normalise(s)))
-            for c, s in zip(completions, solution or [None] * len(completions))]
+    return _against_solution(completions, solution, lambda c, s: max(0.0, 1.0 - cer(_normalise(c), _normalise(s))))
 
 
 def _same(a: str, b: str) -> bool:
@@ -125,10 +130,11 @@ def _same(a: str, b: str) -> bool:
         return a == b
 
 
-def format_match(completions, pattern: str = r"\S.*", **kwargs) -> list[float]:
+def format_match(completions, pattern: str = r"\S.*", **kwargs) -> list[float | None]:
     """1.0 where the whole answer (surrounding space ignored) matches the regular expression
     `pattern` (the reward's `args`), else 0.0."""
-    return [float(re.fullmatch(pattern, text_of(c).strip(), re.DOTALL) is not None) for c in completions]
+    return [float(re.fullmatch(pattern, text_of(c).strip(), re.DOTALL) is not None) if _is_text(c) else None
+            for c in completions]
 
 
 # Named colours a prompt or a record's `colour` field may use (RGB).
@@ -160,6 +166,9 @@ def colour_match(prompts, completions, colour=None, **kwargs) -> list[float]:
 
     out = []
     for prompt, image, named in zip(prompts, completions, colour or [None] * len(completions)):
+        if _is_text(image):
+            out.append(None)
+            continue
         target = target_colour(named if named else prompt)
         if target is None:
             raise ValueError(f"no target colour: the record has no 'colour' field and the caption {prompt!r} "
@@ -210,7 +219,9 @@ def _reward(spec, where: str, base: Path | None) -> Reward:
     target = fn if callable(fn) else resolve(fn, where, base)
     check_signature(target, where)
     name = fn if isinstance(fn, str) else callable_name(fn)
-    label = "" if callable(fn) or ":" in fn or fn in BUILTINS else Path(fn).name   # a model: its folder's name
+    # Logged as the recipe names it (`format`, `my.py:brand` -> `brand`), a model by its folder, a
+    # callable by its name (TRL's `reward_func_names`).
+    label = "" if callable(fn) else fn.rpartition(":")[2] if ":" in fn or fn in BUILTINS else Path(fn).name
     return Reward(name, partial(target, **args) if args else target, float(weight), args, label)
 
 

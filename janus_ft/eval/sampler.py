@@ -122,18 +122,29 @@ def sampling_seed(base: int, step: int, micro: int, k: int) -> int:
     return ((base * 1_000_003 + step) * 1009 + micro * 101 + k) % (2 ** 31)
 
 
-def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8,
-                     trainer_state=None) -> dict:
-    """`eval_reward` (weighted sum) and `eval_rewards/<fn>` means over `n` completions of each prompt,
-    sampled with seeds that depend only on the prompt's position; a None is left out of a mean."""
-    totals, per_fn = [], []
+def sample_prompts(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8,
+                   trainer_state=None) -> list[Scored]:
+    """`n` scored completions of each prompt, `chunk` prompts at a time, sampled with seeds that
+    depend only on the prompt's position: every evaluation draws from the same noise, so two
+    evaluations differ only by the model."""
+    out = []
     for start in range(0, len(prompts), chunk):
         part = prompts[start:start + chunk]
-        scored = sampler.sample(model, part, n, [sampling_seed(seed, -2, 0, start + k) for k in range(len(part))],
-                                trainer_state)
-        totals.append(scored.total)
-        per_fn.append(scored.rewards)
-    total, table = torch.cat(totals), torch.cat(per_fn)
-    out = {"eval_reward": total.nanmean().item()}
-    out.update({f"eval_rewards/{r.label}": table[:, j].nanmean().item() for j, r in enumerate(sampler.rewards)})
+        out.append(sampler.sample(model, part, n, [sampling_seed(seed, -2, 0, start + k) for k in range(len(part))],
+                                  trainer_state))
+    return out
+
+
+def reward_means(sampler: Sampler, scored: list[Scored], prefix: str = "eval_") -> dict:
+    """`reward` (weighted sum) and `rewards/<fn>` means over scored completions, a None left out of
+    a mean; a reward that applied to none of them is left out."""
+    total, table = torch.cat([s.total for s in scored]), torch.cat([s.rewards for s in scored])
+    out = {f"{prefix}reward": total.nanmean().item()}
+    out.update({f"{prefix}rewards/{r.label}": table[:, j].nanmean().item() for j, r in enumerate(sampler.rewards)})
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8,
+                     trainer_state=None) -> dict:
+    """`eval_reward` (weighted sum) and `eval_rewards/<fn>` means over `n` completions of each prompt."""
+    return reward_means(sampler, sample_prompts(sampler, model, prompts, n, seed, chunk, trainer_state))

@@ -166,7 +166,8 @@ class GrpoTrainer(AtomicCheckpoints, Trainer):
         captions = [p for p in self.eval_prompts if p.task == "generation"][:self.eval_images]
         if not captions:
             return None
-        scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))])
+        scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))],
+                                     self.state)
         path = Path(self.args.output_dir) / "samples" / f"step-{self.state.global_step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(scored.images, columns=len(captions)).save(path)
