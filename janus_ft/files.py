@@ -86,8 +86,8 @@ def hold(entry: Path, create: bool = False) -> bool:
             entry.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(entry / IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return False if not create else entry.is_dir()   # gone, or a read-only cache: nothing to mark
+        except OSError:   # gone, or a cache this process may only read: there is nothing to mark
+            return entry.is_dir()
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_SH)   # waits out a prune that is deleting the entry right now
         try:
