@@ -46,7 +46,7 @@ def test_file_module_and_callable_rewards(tmp_path):
         return [float(c.isupper()) for c in completions]
 
     [file_reward, module_reward, own, trl_reward] = load_rewards(
-        [{"fn": "mine.py:length", "weight": 0.5}, {"fn": "janus_ft.eval.rewards:exact_match"}, shout,
+        [{"fn": "mine.py:length", "weight": 0.5}, {"fn": "janus_ft.eval.reward_functions:exact_match"}, shout,
          {"fn": "trl.rewards:think_format_reward"}], base=tmp_path)
     assert file_reward.fn(completions=["ab", ""]) == [2, 0] and file_reward.weight == 0.5
     assert [r.label for r in (file_reward, module_reward, own, trl_reward)] == [
@@ -73,7 +73,7 @@ def test_two_rewards_of_one_name_log_apart():
     ([{"fn": "no_such_module_x:f"}], "cannot import module"),
     ([{"fn": "exact_match", "weight": "high"}], "weight must be a number"),
     ([{"fn": "exact_match", "wieght": 1}], "unknown key 'wieght'"),
-    ([{"fn": "janus_ft.eval.rewards:text_of"}], "text_of must accept **kwargs"),
+    ([{"fn": "janus_ft.eval.reward_functions:text_of"}], "text_of must accept **kwargs"),
     ([{"fn": "./no/such/model-dir"}], "not a built-in reward"),
 ])
 def test_bad_reward_specs(spec, message):

@@ -6,7 +6,7 @@ A recorder reward (returning None everywhere: it never counts) writes down what 
 received at each step; each function is then applied to those arguments here, and the means the
 run logged (`rewards/<fn>/mean`, `reward`) must be those values, Nones left out as TRL leaves them.
 
-Sources: https://huggingface.co/docs/trl/grpo_trainer#using-a-custom-reward-function (examples 1-4;
+Sources: https://huggingface.co/docs/trl/grpo_trainer#using-a-custom-reward-function (examples 1-5;
 example 1 as the current docs write it, `completion_ids`: an older page said `completions_ids`,
 which TRL never passes), and TRL's README quick start (`reward_len`). `trl.rewards`' accuracy,
 reasoning-accuracy and cosine-scaled rewards need `math_verify`; they run when it is installed.
@@ -90,6 +90,15 @@ def coding_reward_func(prompts, completions, task, **kwargs):
             rewards.append(None)
     return rewards
 '''
+EXAMPLE_5 = '''
+import asyncio
+
+async def async_reward_func(prompts, completions, **kwargs):
+    # Simulate an I/O-bound call (e.g., HTTP request, database lookup)
+    await asyncio.sleep(0.01)
+    # Simple toy reward: 1.0 if the completion is non-empty, else 0.0
+    return [1.0 if completion else 0.0 for completion in completions]
+'''
 # The docs leave these two helpers to the reader.
 EXAMPLE_4_HELPERS = '''
 def check_math_solution(prompt, completion):
@@ -134,6 +143,7 @@ def reward_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("trl_rewards")
     files = {"readme.py": README_REWARD_LEN, "example_1.py": EXAMPLE_1, "example_1_1.py": EXAMPLE_1_1,
              "example_2.py": EXAMPLE_2, "example_3.py": EXAMPLE_3, "example_4.py": EXAMPLE_4_HELPERS + EXAMPLE_4,
+             "example_5.py": EXAMPLE_5,
              "trl_rewards.py": TRL_REWARDS}
     for name, text in files.items():
         (d / name).write_text(text)
@@ -172,6 +182,13 @@ def run(tmp_path, files, rm, prompts: list[dict], rewards: list[tuple[str, str]]
     return [e for e in history if "reward" in e], [json.loads(x) for x in log.read_text().splitlines()]
 
 
+def awaited(values):
+    import asyncio
+    import inspect
+
+    return asyncio.run(values) if inspect.isawaitable(values) else values
+
+
 def check_logged_means(files, rm, rewards, logged, calls):
     """Each function applied to what the recorder saw gives the means the run logged."""
     assert len(logged) == len(calls) == 2
@@ -180,7 +197,7 @@ def check_logged_means(files, rm, rewards, logged, calls):
     for entry, call in zip(logged, calls):
         kwargs = {"prompts": call["prompts"], "completions": call["completions"],
                   "completion_ids": call["completion_ids"], "trainer_state": None, **call["columns"]}
-        values = {label: [math.nan if v is None else float(v) for v in fn(**kwargs)] for label, fn in fns.items()}
+        values = {label: [math.nan if v is None else float(v) for v in awaited(fn(**kwargs))] for label, fn in fns.items()}
         for label, column in values.items():
             applied = [v for v in column if not math.isnan(v)]
             if applied:
@@ -233,7 +250,8 @@ def test_standard_prompts(tiny_dir, tmp_path, reward_files):
                (f"{files}/example_3.py:reward_func", "reward_func_3"),
                (f"{files}/example_4.py:math_reward_func", "math_reward_func"),
                (f"{files}/example_4.py:coding_reward_func", "coding_reward_func"),
-               (f"{files}/trl_rewards.py:overlong", "overlong")]
+               (f"{files}/trl_rewards.py:overlong", "overlong"),
+               (f"{files}/example_5.py:async_reward_func", "async_reward_func")]
     logged, calls = run(tmp_path, files, rm, prompts, rewards)
     values = check_logged_means(files, rm, rewards, logged, calls)
     for call in calls:
