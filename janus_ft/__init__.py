@@ -16,6 +16,7 @@ _LAZY = {
     "load_recipe": "janus_ft.recipe",
     "merge_adapter": "janus_ft.export.merge",
     "encode_images": "janus_ft.data.vq",
+    "Janus": "janus_ft.infer.engine",
 }
 
 __all__ = list(_LAZY)

@@ -8,7 +8,7 @@
 
 A recipe is a YAML path, a dict of sections or a recipe object, always validated; overrides are
 dotted keys, as a list of `key=value` strings or a dict. `model.path: tiny` builds the embedded tiny
-model when it is missing (as the command line does).
+model when it is missing.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from .recipe import load_recipe
 
 
 def _run(method_name: str, method, recipe, overrides, **kwargs):
-    from .tiny import ensure_tiny
     from .train.run import run
 
-    loaded = load_recipe(recipe, overrides, method=method_name)
-    ensure_tiny(loaded.model.path)
-    return run(loaded, method, **kwargs)
+    return run(load_recipe(recipe, overrides, method=method_name), method, **kwargs)
 
 
 def sft(recipe=None, overrides=None, *, model=None, processor=None, callbacks=()):

@@ -217,9 +217,3 @@ def tiny_path() -> Path:
         build_tiny(staged)
         publish(staged, target, keep_existing=True)
     return target
-
-
-def ensure_tiny(path: str | None) -> None:
-    """Build the tiny model when a command names it (`--model tiny`, `model.path: tiny`)."""
-    if path == "tiny":
-        tiny_path()

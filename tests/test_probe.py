@@ -18,7 +18,7 @@ def test_probe_scores_answers_and_draws_fixed_prompts(tiny_base):
     probe = TrainingProbe(processor, "janus-pro", {"understanding": val}, answers=3, images=2,
                           prompts=["a red circle", "a blue square", "unused: images=2"], max_new_tokens=8)
     assert probe.enabled() and probe.image_count() == 2
-    metrics, grid = probe.run(model, 7)
+    metrics, grid = probe.run(model)
     # the same numbers as eval's own scoring of the first 3 records
     expected, _ = answer_records(model, processor, "janus-pro", val, Decoding(8), limit=3)
     assert metrics == {f"eval_understanding_{k}": v for k, v in expected.items()}

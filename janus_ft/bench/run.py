@@ -56,8 +56,6 @@ def benchmark(args) -> dict:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.random_model:
         recipe.model.path = str(random_model_path(args.random_model))
-    from ..tiny import ensure_tiny
-    ensure_tiny(recipe.model.path)
     variants = variant_names(args.compare)
     if args.interleave and variants != [BASELINE, "bare"]:
         raise RecipeError("--interleave pairs janus-ft with the bare loop: use it with --compare bare alone")

@@ -31,6 +31,7 @@ COMMANDS = {
     "ui": ("janus_ft.cli.ui", "a web page to chat, draw, compare adapters and watch runs"),
     "grpo": ("janus_ft.cli.grpo", "reinforcement learning (GRPO) with LoRA and reward functions in Python"),
     "dpo": ("janus_ft.cli.dpo", "preference tuning (DPO / IPO) with LoRA on pairs of any task"),
+    "cache": ("janus_ft.cli.cache", "list or prune the prepared-rows and VQ-code caches"),
 }
 
 

@@ -22,7 +22,6 @@ from ..data.examples import TRAINERS, pair_sides, read_examples
 from ..data.sources import DEFAULT_SEED
 from ..errors import BadRecord, UserError
 from ..janus import IGNORE_INDEX, TASKS
-from ..tiny import ensure_tiny
 
 # Marks around supervised text in the human-readable preview.
 OPEN, CLOSE = "\x1b[1;32m[[", "]]\x1b[0m"
@@ -136,7 +135,6 @@ def check(args) -> int:
         raise UserError("data check: give sources (files, directories, hub ids) or --recipe")
     if _trainer(args) != "sft":
         return _check_examples(_trainer(args), sources, seed)
-    ensure_tiny(model or "tiny")
     processor = _processor(model or "tiny")   # without a model, the tiny tokenizer (lengths are not shown)
     tokenization = Tokenization(processor, settings.pop("fmt", None) or detect_format(processor), **settings)
     errors: list[BadRecord] = []
@@ -229,7 +227,6 @@ def _report_cache(parts, model_path: str, cache_dir) -> None:
 
 def preview(args) -> int:
     view = preview_settings(args)
-    ensure_tiny(view["model"])
     processor = _processor(view["model"])
     fmt = view["format"] or detect_format(processor)
     trainer = _trainer(args)

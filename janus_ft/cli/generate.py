@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.vq import decode_codes_to_pil
 from ..errors import UserError
-from ..infer.generate import sample_codes, save_images
-from ..infer.prompts import resolve_format
-from ..model.loading import load_for_inference
-from ..tiny import ensure_tiny
+from ..infer.engine import Janus, check_drawing
+from ..infer.generate import save_images
 
 
 def configure(parser) -> None:
@@ -33,21 +30,13 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.cfg < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
-        raise UserError(f"--cfg and --top-k must be >= 0 and 0 < --top-p <= 1, got {args.cfg}, {args.top_k}, {args.top_p}")
-    if args.temperature == 0 and args.n > 1:
-        raise UserError("--temperature 0 is greedy: every image would be the same; use --n 1 or sample")
-    ensure_tiny(args.model)
-    model, processor = load_for_inference(args.model, args.adapter, args.dtype)
-    fmt = resolve_format(processor, args.format)
-    codes = sample_codes(model, processor, args.prompt, fmt, args.n, args.cfg, args.temperature, args.seed,
-                         args.top_k, args.top_p)
-    images = decode_codes_to_pil(model, codes)
-    out = save_images(images, Path(args.output))
+    check_drawing(args.n, args.cfg, args.temperature, args.top_k, args.top_p)   # before minutes of loading
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty: a generation prompt needs a caption")
+    janus = Janus.load(args.model, args.adapter, args.dtype, args.format)
+    codes = janus.draw_codes(args.prompt, args.n, args.cfg, args.seed, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p)
+    out = save_images(janus.decode(codes), Path(args.output))
     meta = {"prompt": args.prompt, "cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "seed": args.seed,
             "n": args.n, "model": args.model, "adapter": args.adapter, "codes": codes.tolist()}

@@ -33,7 +33,7 @@ import pyarrow as pa
 from accelerate.logging import get_logger
 
 from ..errors import BadRecord
-from ..files import cache_root, main_process_first, publish, remove
+from ..files import cache_root, hold, main_process_first, publish, remove
 from ..janus import TASKS, SpecialIds
 from ..recipe import DataSource
 from .conversation import render
@@ -137,7 +137,8 @@ def prepare_source(src: DataSource, seed: int, tokenization: Tokenization, num_p
 
     target = prepared_dir(src, seed, tokenization, root)
     meta = target / "meta.json"
-    built = not meta.is_file()
+    # Held for the life of the process (its files stay memory-mapped): `janus-ft cache prune` skips it.
+    built = not (meta.is_file() and hold(target))
     if built:
         staged = target.with_name(f".{target.name}-{os.getpid()}")
         remove(staged)
@@ -148,6 +149,7 @@ def prepare_source(src: DataSource, seed: int, tokenization: Tokenization, num_p
             publish(staged, target, keep_existing=True)
         finally:
             remove(staged)
+        hold(target)
     files = json.loads(meta.read_text())["files"]
     parts = [datasets.Dataset.from_file(str(target / f)) for f in files]
     rows = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

@@ -42,7 +42,7 @@ def outputs(loss, return_outputs: bool):
 class JanusTrainer(AtomicCheckpoints, Trainer):
     def __init__(self, *args, probe=None, nan_policy: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
-        self.probe = probe             # `run(model, step) -> (metrics, grid image or None)`, see train.probe
+        self.probe = probe             # `run(model, state) -> (metrics, grid image or None)`, see train.probe
         self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
         self.skipped_batches = 0
         self.metrics = MetricStore()
@@ -156,7 +156,7 @@ class JanusTrainer(AtomicCheckpoints, Trainer):
         if not every_rank and (not self.is_world_process_zero() or is_deepspeed_zero3_enabled()):
             return {}   # generating on one rank while ZeRO-3 shards the weights would wait for the others
         with self.generation_model() if every_rank else nullcontext(self.accelerator.unwrap_model(self.model)) as model:
-            metrics, grid = probe.run(model, self.state.global_step)
+            metrics, grid = probe.run(model, self.state)
         if grid is not None and self.is_world_process_zero():
             self.publish_grid(grid)
         return metrics

@@ -15,13 +15,13 @@ from pathlib import Path
 from ..data.images import check_images
 from ..data.prompts import Prompt, load_prompts
 from ..errors import UserError
+from ..eval.rewards import load_rewards
 from ..recipe import Recipe
 from ..recipe.grpo import check_grpo
 from . import console
 from .distributed import world_size
 from .grpo_trainer import GrpoTrainer, PromptIndices, RewardProbe, Sampler, collate_indices
 from .plot import plot_losses, plot_rewards
-from .rewards import load_rewards
 from .run import Method, Setup
 from .sft import bad_images_error
 

@@ -18,97 +18,20 @@ straight run drew.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from accelerate.logging import get_logger
 
 from ..data.prompts import Prompt
-from ..data.vq import decode_codes_to_pil
+from ..eval.sampler import Sampler, Scored, evaluate_rewards, sampling_seed
 from ..infer.generate import contact_sheet
-from ..infer.rollout import completion_batch, sample_images, sample_text
-from ..janus import SpecialIds
 from ..model.grpo_loss import group_advantages, grpo_loss
 from ..model.logprobs import target_logps
 from .base import JanusTrainer, outputs
 from .metrics import std
-from .rewards import Reward, score
 
 logger = get_logger(__name__)
-
-
-@dataclass
-class Scored:
-    batch: dict               # prompt + completion rows, group after group
-    rewards: torch.Tensor     # (rows, reward functions), unweighted
-    total: torch.Tensor       # (rows,) weighted sum
-    truncated: list           # per row: a text answer cut at max_completion_length
-    lengths: list             # per row: completion tokens
-    tasks: list               # per row
-    images: list              # decoded images of generation rows, in order
-
-
-@dataclass
-class Sampler:
-    """Samples and scores groups of completions for prompts (training and held-out evaluation)."""
-
-    processor: object
-    fmt: str
-    grpo: object              # recipe.grpo
-    rewards: list[Reward]
-    system_prompt: str | None = None
-
-    def __post_init__(self):
-        self.special = SpecialIds.from_tokenizer(self.processor.tokenizer)
-
-    def rollout(self, model, prompt: Prompt, n: int, seed: int):
-        g = self.grpo
-        if prompt.task == "generation":
-            return sample_images(model, self.processor, prompt.record.caption, self.fmt, n, g.guidance_scale,
-                                 g.temperature, seed, g.top_p, g.top_k)
-        return sample_text(model, self.processor, prompt.record, self.fmt, n, g.temperature, g.top_p,
-                           g.max_completion_length, seed, self.system_prompt, g.top_k)
-
-    @torch.no_grad()
-    def sample(self, model, prompts: list[Prompt], n: int, seeds: list[int]) -> Scored:
-        was_training = model.training
-        model.eval()   # no LoRA dropout while sampling
-        try:
-            rollouts = [self.rollout(model, p, n, s) for p, s in zip(prompts, seeds)]
-        finally:
-            model.train(was_training)
-        core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        batch = completion_batch(rollouts, self.special, core.config.image_token_id)
-        texts, images, completions = [], [], []
-        for r in rollouts:
-            if r.task == "generation":
-                decoded = decode_codes_to_pil(model, torch.tensor(r.completions))
-                images += decoded
-                completions += decoded
-            else:
-                answers = [self.processor.tokenizer.decode(c, skip_special_tokens=True).strip() for c in r.completions]
-                texts += answers
-                completions += answers
-        rows = [(p, r) for p, r in zip(prompts, rollouts) for _ in r.completions]
-        fields = _fields([p for p, _ in rows])
-        if any(r.task == "generation" for _, r in rows):
-            fields["codes"] = [c if r.task == "generation" else None for r in rollouts for c in r.completions]
-        table = self._score(rows, completions, fields)
-        weights = torch.tensor([r.weight for r in self.rewards])
-        return Scored(batch, table, table @ weights, [t for r in rollouts for t in r.truncated],
-                      [len(c) for r in rollouts for c in r.completions], [r.task for _, r in rows], images)
-
-    def _score(self, rows, completions, fields) -> torch.Tensor:
-        texts = [p.record.caption if p.task == "generation" else p.record.turns[-1][0] for p, _ in rows]
-        where = [p.where for p, _ in rows]
-        return torch.tensor(score(self.rewards, texts, completions, fields, where), dtype=torch.float32).T
-
-
-def _fields(prompts: list[Prompt]) -> dict:
-    """Every extra field of the prompts as a list aligned with them (None where one lacks it)."""
-    keys = list(dict.fromkeys(k for p in prompts for k in p.fields))
-    return {k: [p.fields.get(k) for p in prompts] for k in keys}
 
 
 class PromptIndices(torch.utils.data.Dataset):
@@ -126,10 +49,6 @@ class PromptIndices(torch.utils.data.Dataset):
 
 def collate_indices(indices: list[int]) -> dict:
     return {"prompt_index": torch.tensor(indices)}
-
-
-def sampling_seed(base: int, step: int, micro: int, k: int) -> int:
-    return ((base * 1_000_003 + step) * 1009 + micro * 101 + k) % (2 ** 31)
 
 
 class GrpoTrainer(JanusTrainer):
@@ -156,7 +75,7 @@ class GrpoTrainer(JanusTrainer):
         seeds = [sampling_seed(self.seed, step, self._micro * 1000 + self.args.process_index, k)
                  for k in range(len(prompts))]
         with self.generation_model() as model:
-            scored = self.sampler.sample(model, prompts, n, seeds)
+            scored = self.sampler.sample(model, prompts, n, seeds, self.state)
         advantages = group_advantages(scored.total, n, self.g.scale_rewards)
         batch = {k: (v.to(self.args.device) if torch.is_tensor(v) else v) for k, v in scored.batch.items()}
         batch["loss_plan"] = {k: v.to(self.args.device) for k, v in scored.batch["loss_plan"].items()}
@@ -169,17 +88,24 @@ class GrpoTrainer(JanusTrainer):
         return out
 
     def _log_sampling(self, scored: Scored, n: int) -> None:
-        """TRL's GRPO metrics of the sampled groups, into the store (nothing read from the device)."""
-        add = self.metrics.add
-        rewards = scored.rewards
-        names = [f"rewards/{r.label}/mean" for r in self.sampler.rewards]
-        add("train", names, rewards.sum(0), torch.full((rewards.shape[1],), float(rewards.shape[0])),
-            squares=(rewards ** 2).sum(0))
-        grouped = scored.total.view(-1, n)
-        spread = grouped.std(1)
+        """TRL's GRPO metrics of the sampled groups, into the store (nothing read from the device),
+        NaN-aware as TRL's: a reward's None is left out of its mean, a completion no reward applies
+        to out of `reward`, a group with fewer than two scored completions out of `reward_std`."""
+        from trl.trainer.utils import nanstd
+
+        add, rewards = self.metrics.add, scored.rewards
+        scored_rows = ~rewards.isnan()
+        add("train", [f"rewards/{r.label}/mean" for r in self.sampler.rewards], rewards.nansum(0),
+            scored_rows.sum(0).float(), squares=(rewards ** 2).nansum(0))
+        group_std = nanstd(scored.total.view(-1, n), dim=1)
+        zero_std = torch.isclose(group_std, torch.zeros_like(group_std)).float()
         add("train", ["reward", "reward_std", "frac_reward_zero_std"],
-            torch.stack([scored.total.sum(), spread.sum(), (spread < 1e-6).float().sum()]),
-            torch.tensor([float(len(scored.total)), len(spread), len(spread)]))
+            torch.stack([scored.total.nansum(), group_std.nansum(), zero_std.sum()]),
+            torch.stack([(~scored.total.isnan()).sum().float(), (~group_std.isnan()).sum().float(),
+                         torch.tensor(float(len(group_std)))]))
+        for name, values in self.sampler.logged.items():   # a reward's log_metric(name, value)
+            add("train", [name], torch.tensor([float(sum(values))]), float(len(values)))
+        self.sampler.logged.clear()
         text = [(length, cut) for length, cut, task in zip(scored.lengths, scored.truncated, scored.tasks)
                 if task != "generation"]
         if text:
@@ -240,27 +166,15 @@ class RewardProbe:
     def enabled(self) -> bool:
         return bool(self.prompts)
 
-    def run(self, model, step: int) -> tuple[dict, object]:
-        return evaluate_rewards(self.sampler, model, self.prompts, self.n, self.seed, self.chunk), self._grid(model)
+    def run(self, model, state) -> tuple[dict, object]:
+        """(eval_reward and eval_rewards/<fn>, the grid); the rewards get the trainer's `state`."""
+        return (evaluate_rewards(self.sampler, model, self.prompts, self.n, self.seed, self.chunk, trainer_state=state),
+                self._grid(model, state))
 
-    def _grid(self, model):
+    def _grid(self, model, state):
         captions = [p for p in self.prompts if p.task == "generation"][:self.images]
         if not captions:
             return None
-        scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))])
+        scored = self.sampler.sample(model, captions, 1, [sampling_seed(self.seed, -1, 0, k) for k in range(len(captions))],
+                                     state)
         return contact_sheet(scored.images, columns=len(captions))
-
-
-def evaluate_rewards(sampler: Sampler, model, prompts: list[Prompt], n: int, seed: int, chunk: int = 8) -> dict:
-    """`eval_reward` (weighted sum) and `eval_rewards/<fn>` means over `n` completions of each prompt,
-    sampled with seeds that depend only on the prompt's position."""
-    totals, per_fn = [], []
-    for start in range(0, len(prompts), chunk):
-        part = prompts[start:start + chunk]
-        scored = sampler.sample(model, part, n, [sampling_seed(seed, -2, 0, start + k) for k in range(len(part))])
-        totals.append(scored.total)
-        per_fn.append(scored.rewards)
-    total, table = torch.cat(totals), torch.cat(per_fn)
-    out = {"eval_reward": total.mean().item()}
-    out.update({f"eval_rewards/{r.label}": table[:, j].mean().item() for j, r in enumerate(sampler.rewards)})
-    return {k: v for k, v in out.items() if math.isfinite(v)}

@@ -42,7 +42,7 @@ class TrainingProbe:
         return len(self.prompts[:self.images]) if self.prompts else min(self.images, len(self.val_sets.get("generation", ())))
 
     @torch.no_grad()
-    def run(self, model, step: int) -> tuple[dict, object]:
+    def run(self, model, state=None) -> tuple[dict, object]:
         """(metrics named `eval_<task>_<metric>`, the step's sample grid as an image, or None)."""
         was_training = model.training
         model.eval()
