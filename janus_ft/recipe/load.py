@@ -36,7 +36,7 @@ def load_recipe(recipe: str | Path | dict | Recipe | None = None, overrides: lis
     `{"train.max_steps": 20}`). `method` ("sft", "dpo", "grpo") defaults to the one the recipe is
     written for: the one whose section it has (`dpo:`, `grpo:`), else sft."""
     raw, path = _read(recipe)
-    for key, value in _override_items(overrides):
+    for key, value in override_items(overrides):
         _apply_override(raw, key, value)
     spec = METHODS[_method_of(raw, method, path)]
     trl_sections = {"train": (TrainArgs, spec.train_config, OWNED_TRAIN_FIELDS)}
@@ -76,7 +76,7 @@ def _read(recipe) -> tuple[dict, Path | None]:
     return raw, path
 
 
-def _override_items(overrides) -> list[tuple[str, object]]:
+def override_items(overrides) -> list[tuple[str, object]]:
     """(dotted key, value) pairs: `key=value` strings take YAML values, a dict its own values."""
     if isinstance(overrides, dict):
         return list(overrides.items())

@@ -55,7 +55,8 @@ class GRPO(Method):
 
     def read(self, recipe, processor, fmt, inputs):
         # Rewards first: a typo in a reward file costs seconds, not a model load.
-        rewards = load_rewards(recipe.grpo.rewards, Path(recipe.source).parent if recipe.source else None)
+        rewards = load_rewards(recipe.grpo.rewards + inputs.get("reward_funcs", []),
+                               Path(recipe.source).parent if recipe.source else None)
         return rewards, *read_prompts(recipe)
 
     def build(self, recipe, model, processor, fmt, data) -> Setup:
