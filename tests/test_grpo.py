@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_jsonl
 
 import janus_ft
@@ -174,3 +175,68 @@ def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
     got = [e["reward"] for e in two if "reward" in e]
     assert len(got) == len(want) == 3 and len(set(want)) > 1
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def _poison_grpo(monkeypatch, call: int) -> list:
+    """Make the `call`-th GRPO loss non-finite (its micro-batch, not the sampling)."""
+    import janus_ft.train.grpo_trainer as trainer_module
+
+    real, calls = trainer_module.grpo_loss, []
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(len(calls) + 1)
+        if len(calls) == call:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", poisoned)
+    return calls
+
+
+def _short_grpo(tmp_path, *extra):
+    data = prompts_file(tmp_path, n=8)
+    return load_recipe(REPO / "recipes/grpo_format.yaml", [
+        f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=4", "grpo.max_completion_length=2",
+        "train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2", "train.max_steps=3",
+        "train.logging_steps=1", "train.save_steps=1000", "train.disable_tqdm=true", f"output_dir={tmp_path / 'run'}",
+        "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]", *extra])
+
+
+def test_nan_policy_skip_skips_a_non_finite_grpo_micro_batch_as_sft_does(tiny_dir, tmp_path, monkeypatch):
+    """The base trainer's NaN policy holds for GRPO: skip gives that micro-batch a zero loss, counted
+    in the log, and the adapter stays finite (before, GRPO raised whatever train.nan_policy said)."""
+    calls = _poison_grpo(monkeypatch, call=3)   # step 2's first micro-batch
+    result = janus_ft.grpo(_short_grpo(tmp_path, "train.nan_policy=skip"))
+    skipped = [(e["step"], e["skipped_batches"]) for e in result.log_history if "skipped_batches" in e]
+    assert len(calls) == 6 and skipped == [(2, 1)]
+    assert all(torch.isfinite(p).all() for n, p in result.model.named_parameters() if "lora_" in n)
+
+
+def test_nan_policy_stop_names_the_step(tiny_dir, tmp_path, monkeypatch):
+    from janus_ft.train.checkpoint import TrainingError
+
+    _poison_grpo(monkeypatch, call=3)
+    with pytest.raises(TrainingError, match="non-finite loss at step 2 in the GRPO loss: training stopped; no "
+                                            "checkpoint was written yet"):
+        janus_ft.grpo(_short_grpo(tmp_path))
+
+
+def test_grpo_sample_grids_land_in_tensorboard(tiny_dir, tmp_path):
+    """The base trainer publishes GRPO's evaluation grid as SFT's and DPO's: samples/step-N.png and
+    an image in the event file the scalars go to."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    captions = write_jsonl(tmp_path / "captions.jsonl", [{"query": c, "task": "generation"}
+                                                         for c in ("a red square", "a blue circle")])
+    recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
+        f"data.train=[{{path: {captions}}}]", f"data.val=[{{path: {captions}}}]", "grpo.num_generations=2",
+        "grpo.rewards=[{fn: colour}]", "train.per_device_train_batch_size=2",
+        "train.max_steps=2", "train.eval_steps=2", "train.eval_on_start=true", "train.eval_images=2",
+        "train.report_to=[tensorboard]", "train.disable_tqdm=true", f"output_dir={tmp_path / 'run'}"])
+    janus_ft.grpo(recipe)
+    assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step-0.png", "step-2.png"]
+    run_dir, = (tmp_path / "run").glob("runs/*")
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("eval/samples")] == [0, 2]
+    assert "eval/reward" in events.Tags()["scalars"]
