@@ -143,7 +143,7 @@ def write_report(report: dict, grids: dict, out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"--output {out}: cannot create it ({err.strerror or err})") from None
+        raise UserError(f"output={out}: cannot create it ({err.strerror or err})") from None
     predictions = report.pop("predictions")
     for label, grid in grids.items():
         if grid is not None:

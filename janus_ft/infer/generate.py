@@ -26,7 +26,7 @@ def prompt_inputs(processor, caption: str, fmt: str) -> dict:
     """Input ids of a generation prompt: the data layer's rendering, `<begin_of_image>` appended by
     the processor in image mode (which adds no system prompt in that mode)."""
     if not caption.strip():
-        raise UserError("--prompt is empty: a generation prompt needs a caption")
+        raise UserError("the prompt is empty: a generation prompt needs a caption")
     record = Record(task="generation", turns=[(caption, IMAGE_TAG)], system="")
     text = render(record, fmt)[0].text
     return dict(processor(text=text, generation_mode="image", return_tensors="pt"))
@@ -103,7 +103,7 @@ def save_images(images: list[Image.Image], out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"--output {out}: cannot create it ({err.strerror or err})") from None
+        raise UserError(f"output={out}: cannot create it ({err.strerror or err})") from None
     for i, im in enumerate(images):
         im.save(out / f"{i}.png")
     contact_sheet(images).save(out / "grid.png")

@@ -189,14 +189,14 @@ def adapter_base(adapter: str | Path) -> str:
     from peft import PeftConfig
 
     if not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json there (not a PEFT adapter directory)")
+        raise UserError(f"adapter={adapter}: no adapter_config.json there (not a PEFT adapter directory)")
     try:
         base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"--adapter {adapter}: cannot read its adapter_config.json: {err}") from None
+        raise UserError(f"adapter={adapter}: cannot read its adapter_config.json: {err}") from None
     if not base:
         raise UserError(f"{Path(adapter) / 'adapter_config.json'} names no base_model_name_or_path: "
-                        "pass the base with --model")
+                        "pass the base model, model=PATH")
     return base
 
 
@@ -210,7 +210,7 @@ def load_base(model_path: str, dtype: str = "float32"):
     from transformers import JanusForConditionalGeneration
 
     if dtype not in DTYPES:
-        raise UserError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype={dtype}: expected one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_path)
     try:
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -227,7 +227,7 @@ def attach_adapter(model, adapter: str | Path):
     try:
         return PeftModel.from_pretrained(model, str(adapter)).eval()
     except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"--adapter {adapter}: cannot load it onto this base model: {err}") from None
+        raise UserError(f"adapter={adapter}: cannot load it onto this base model: {err}") from None
 
 
 def load_processor(model_path: str, adapter: str | Path | None = None):

@@ -341,7 +341,7 @@ def _coerce(kind, value, name: str):
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:
     """Data paths (and train.deepspeed) in a recipe are relative to the working directory if they
-    exist there, else to the recipe file (so `janus-ft sft --recipe recipes/x.yaml` works from the
+    exist there, else to the recipe file (so `janus-ft sft --recipe recipes/demo.yaml` works from the
     repo root or recipes/)."""
     ds = recipe.train.deepspeed
     if ds and not Path(ds).is_absolute() and not Path(ds).exists() and (base / ds).exists():

@@ -92,6 +92,6 @@ class Workbench:
 def out_of_memory_message(err: BaseException) -> str | None:
     """The page's message for an out-of-memory error, or None for any other error."""
     if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
-        return ("out of memory: try fewer images, fewer new tokens or a smaller --dtype "
+        return ("out of memory: try fewer images, fewer new tokens or a smaller dtype "
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
     return None
