@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import need, write_jsonl
 
 import janus_ft
 from janus_ft.cli import main
@@ -153,11 +153,14 @@ def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
     assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
 
 
-@pytest.mark.slow
-def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("launch", ["ddp", "zero2", "zero3"])
+def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path, launch):
     """Each rank samples its own prompts; the logged rewards are the step's, over every rank, as one
     process logs them. The reward here is a number each prompt carries (not the completion's), so
-    a step's mean depends only on which prompts it drew."""
+    a step's mean depends only on which prompts it drew. Under ZeRO-3 every rank samples from the
+    weights gathered for the rollout (ranks sampling different lengths would otherwise wait on
+    each other's shards)."""
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"query": f"Say {i}.", "v": i} for i in range(16)])
     (tmp_path / "value.py").write_text("def value(prompts, completions, v, **fields):\n"
                                        "    return [float(x) for x in v]\n")
@@ -168,6 +171,9 @@ def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
     one = janus_ft.grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "janus_ft.cli",
            "grpo", "--recipe", recipe, *args, "train.per_device_train_batch_size=4", f"output_dir={tmp_path / 'two'}"]
+    if launch != "ddp":
+        need("deepspeed")
+        cmd.append(f"train.deepspeed={REPO / 'recipes/deepspeed' / launch}.json")
     run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     two = json.loads((tmp_path / "two/trainer_state.json").read_text())["log_history"]
