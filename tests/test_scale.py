@@ -31,7 +31,8 @@ def recipe_of(method: str, tmp: Path, name: str, *extra: str):
                 "train.per_device_train_batch_size=8", "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]"]
         path = "grpo_format.yaml"
     else:
-        args, path = ["data.cfg_dropout=0", "train.per_device_train_batch_size=2"], f"{'demo' if method == 'sft' else 'dpo_mixed'}.yaml"
+        args = ["data.cfg_dropout=0", "train.per_device_train_batch_size=2"]
+        path = "demo.yaml" if method == "sft" else "dpo_mixed.yaml"
     return load_recipe(REPO / "recipes" / path, [*QUIET, *args, f"output_dir={tmp / name}", *extra])
 
 
