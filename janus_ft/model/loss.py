@@ -141,10 +141,15 @@ def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Te
 
     hooks = [core.register_forward_pre_hook(embed, with_kwargs=True),
              core.register_forward_hook(head_logits, with_kwargs=True)]
+    # A packed batch's sample bounds go to the attention functions as the FlashAttention keyword
+    # arguments transformers forwards to them (janus_ft.model.attention: per-sample attention).
+    bounds = ({} if "cu_seq_lens" not in batch else {
+        "cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"],
+        "max_length_q": batch["max_length"], "max_length_k": batch["max_length"]})
     try:
         _, (text_logits, gen_logits) = model(
             attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-            output_hidden_states=True, logits_to_keep=text.new_empty(0), use_cache=False)
+            output_hidden_states=True, logits_to_keep=text.new_empty(0), use_cache=False, **bounds)
     finally:
         for hook in hooks:
             hook.remove()
