@@ -88,7 +88,7 @@ def per_sample_attention(module, query: torch.Tensor, key: torch.Tensor, value: 
     if cu_seq_lens_q is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    out = varlen_attention(query, key, value, cu_seq_lens_q, int(max_length_q), dropout, scaling)
+    out = varlen_attention(query, key, value, cu_seq_lens_q, max_length_q, dropout, scaling)
     return out.view(query.shape[0], query.shape[2], *out.shape[1:]), None
 
 
@@ -106,7 +106,9 @@ def bounds_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int
 
 def varlen_attention(query, key, value, cu_seq_lens: torch.Tensor, max_length: int, dropout: float,
                      scaling: float | None) -> torch.Tensor:
-    """Causal attention within each sample of the flattened rows -> (tokens, heads, dim)."""
+    """Causal attention within each sample of the flattened rows -> (tokens, heads, dim).
+    `max_length` stays as given (under `torch.compile`, a dynamic int): converting it would pin a
+    compiled layer to one length."""
     half = query.dtype in (torch.float16, torch.bfloat16)
     if query.is_cuda and half and _has_flash_attn():
         from flash_attn import flash_attn_varlen_func
