@@ -240,3 +240,21 @@ def test_only_the_language_model_changes_and_only_when_rows_are_packed(tiny_mode
 def test_bounds_from_positions_split_rows_and_restarts():
     cu, longest = bounds_from_positions(torch.tensor([[0, 1, 0, 1, 2], [0, 1, 2, 3, 0]]))
     assert cu.tolist() == [0, 2, 5, 9, 10] and cu.dtype == torch.int32 and longest == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernels run on CUDA only")
+@pytest.mark.parametrize("kernel", ["torch_varlen", "flash_attn"])
+def test_varlen_kernels_equal_sdpa_per_sample_on_a_gpu(kernel, monkeypatch):
+    """bf16 on a GPU: flash-attention's / torch's varlen kernel gives what SDPA gives sample by sample."""
+    if kernel == "flash_attn":
+        pytest.importorskip("flash_attn")
+    else:
+        monkeypatch.setattr(attention, "_has_flash_attn", lambda: False)
+        assert attention._torch_varlen() is not None
+    torch.manual_seed(0)
+    lengths = [700, 5, 300, 1]
+    q, k, v = (torch.randn(1, 8, sum(lengths), 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cu = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
+    got = attention.varlen_attention(q, k, v, cu, max(lengths), 0.0, 0.125)
+    want = attention._per_segment(q.float(), k.float(), v.float(), cu, 0.0, 0.125)
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
