@@ -22,6 +22,8 @@ import torch
 
 from .loss import core_model
 
+RECOMPILE_LIMIT = 64
+
 
 def compile_layers(model, backend: str = "inductor", mode: str | None = None) -> int:
     """Compile each decoder layer of the language model of `model` (bare or wrapped by PEFT / DDP)
@@ -35,6 +37,11 @@ def compile_layers(model, backend: str = "inductor", mode: str | None = None) ->
     # dynamo cannot trace, a graph break in each layer. Bound per layer, a copy of the model
     # (`copy.deepcopy`) runs its own layers, where a compiled bound method would run the original's.
     compiled = torch.compile(type(layers[0]).forward, backend=backend, mode=mode, dynamic=None)
+    # That one compiled forward keeps an entry per variant of its inputs (first layer's input with or
+    # without gradient, one packed row or several, first lengths or symbolic ones, training or
+    # evaluation, adapter on or off for a reference pass): more than dynamo's default of 8, past
+    # which it silently runs every further variant eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for layer in layers:
         layer.forward = types.MethodType(compiled, layer)
     return len(layers)
