@@ -65,7 +65,20 @@ def test_bare_loop_trains_on_the_same_batches(report):
     assert bare["losses"] == pytest.approx(framework["losses"], rel=1e-4)
 
 
-def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch):
+@pytest.fixture()
+def clock(monkeypatch):
+    """`time.perf_counter` that `jump(seconds)` moves forward: time spent in a step, without sleeping
+    (a real sleep would have to outlast a step's time, which a loaded machine stretches)."""
+    offset, real = [0.0], time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def jump(seconds: float) -> None:
+        offset[0] += seconds
+
+    return jump
+
+
+def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch, clock):
     """--interleave: a bare step right before or right after each janus-ft step, half the steps each
     way in a seeded order, each pair on the same batch; janus-ft's step time leaves the bare step out."""
     from janus_ft.bench import interleave, loops
@@ -83,7 +96,7 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
         order.append("B")
         models["B"] = self.model
         bare_step(self)
-        time.sleep(0.3)   # work between janus-ft's steps that is not janus-ft's
+        clock(100)   # work between janus-ft's steps that is not janus-ft's
 
     monkeypatch.setattr(JanusTrainer, "training_step", janus)
     monkeypatch.setattr(loops.BareLoop, "step", bare)
@@ -96,7 +109,7 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
     framework, bare_result = report["variants"]
     assert report["interleaved"] and bare_result["totals"] == framework["totals"]
     assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)
-    assert framework["median_step_time_s"] < 0.25   # the bare half's time is left out of janus-ft's step
+    assert framework["median_step_time_s"] < 50   # the bare half's time is left out of janus-ft's step
     # the two models share their frozen weights and nothing that trains
     ours, twin = dict(models["J"].named_parameters()), dict(models["B"].named_parameters())
     assert ours.keys() == twin.keys()
@@ -138,7 +151,7 @@ def test_an_override_variant_trains_the_same_samples_its_own_way(tmp_path, tiny_
     assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-5)
 
 
-def test_janus_ft_variants_take_turns_step_by_step(tmp_path, tiny_dir, monkeypatch):
+def test_janus_ft_variants_take_turns_step_by_step(tmp_path, tiny_dir, monkeypatch, clock):
     """--interleave with an override variant and the bare loop: the variant is a second janus-ft
     trainer (its own thread, its own attention) run one step at a time; the three take their steps
     in the orders drawn, on the same batches, and each clock leaves the others' steps out."""
@@ -158,13 +171,13 @@ def test_janus_ft_variants_take_turns_step_by_step(tmp_path, tiny_dir, monkeypat
         attention[name] = core_model(self.model).config.text_config._attn_implementation
         out = training_step(self, *args, **kwargs)
         if name == "P":
-            time.sleep(0.15)   # two micro-batches a step: 0.3 s that are not janus-ft's
+            clock(50)   # two micro-batches a step: 100 s that are not janus-ft's
         return out
 
     def bare(self):
         steps.append("B")
         bare_step(self)
-        time.sleep(0.3)
+        clock(100)
 
     monkeypatch.setattr(JanusTrainer, "training_step", trainer_step)
     monkeypatch.setattr(loops.BareLoop, "step", bare)
@@ -184,8 +197,8 @@ def test_janus_ft_variants_take_turns_step_by_step(tmp_path, tiny_dir, monkeypat
     assert packed["totals"]["samples"] == base["totals"]["samples"] == bare_result["totals"]["samples"]
     assert packed["losses"] == pytest.approx(base["losses"], rel=1e-5)
     assert bare_result["losses"] == pytest.approx(base["losses"], rel=1e-4)
-    assert base["median_step_time_s"] < 0.25 and bare_result["median_step_time_s"] < 0.25
-    assert packed["median_step_time_s"] > 0.3   # its own sleep is its own
+    assert base["median_step_time_s"] < 50 and bare_result["median_step_time_s"] < 50
+    assert packed["median_step_time_s"] > 100   # its own time is its own
 
 
 def test_model_flops_follow_the_formula(tiny_model):
