@@ -114,9 +114,13 @@ def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
 # (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384). `mid` is a benchmark
 # model whose step is short enough on a CPU for the framework's own milliseconds to show: a
 # 512 x 4 LLM with the real vocabulary and heads, and one real-width SigLIP-L block at 384 px
-# (still 576 image tokens), so both image paths cost what they cost in Janus per token.
+# (still 576 image tokens), so both image paths cost what they cost in Janus per token. `narrow`
+# is the tiny model's LLM widened to 256 x 4 (head dim 64, as in Janus): with the tiny visual
+# paths and vocabulary, its steps on rows of thousands of tokens are the LLM's, attention included
+# (the packing benchmark, scripts/bench_packing.py).
 SIZE_PRESETS = {
     "mid": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8},
+    "narrow": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4},
     "janus-pro-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16},
     "janus-pro-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30, "num_attention_heads": 32},
 }

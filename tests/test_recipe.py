@@ -57,6 +57,10 @@ def test_pinned_memory_only_with_an_accelerator():
     ("data.mix={understanding: 1, video: 2}", "data.mix: unknown value 'video'"),
     ("data.mix={understanding: -1}", "must be a number >= 0"),
     ("data.cfg_dropout=1.5", "data.cfg_dropout must be in [0, 1)"),
+    ("data.packed_attention=varlen", "data.packed_attention: unknown value 'varlen'; expected one of auto, "
+                                     "per_sample, mask"),
+    ("data.packed_attention=mask", "data.packed_attention=mask chooses how packed rows attend, but data.packing "
+                                   "is false"),
     ("lora.modules_to_save=[llm]", "both name ['llm']"),
     ("train.per_device_train_batch_size=0", "must be >= 1"),
     ("train.extra={not_a_field: 1}", "unknown recipe key 'train.extra.not_a_field'"),

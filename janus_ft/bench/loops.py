@@ -1,10 +1,13 @@
 """The loops `janus-ft bench` times, on the same batches: janus_ft's trainer with a stopwatch on
-its stages, and a plain PyTorch loop (AdamW, same model, LoRA, collator and loss) that can take
-turns with it step by step (`--interleave`); and the VQ re-encoding the code cache saves."""
+its stages, a plain PyTorch loop (AdamW, same model, LoRA, collator and loss), either of which can
+take turns with the trainer step by step (`--interleave`: the bare loop's `step`, or another
+trainer run a step at a time by `TrainerTurns`); and the VQ re-encoding the code cache saves."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 
 import torch
 
@@ -64,6 +67,54 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
     trainer = TimedTrainer(model=model, args=args, train_dataset=mixture.as_hf_dataset(),
                            processing_class=processor, data_collator=collator, callbacks=[Stopwatch()])
     trainer.train()
+
+
+class TrainerTurns:
+    """A second trainer that trains one optimizer step per `step()` call, while the caller waits.
+
+    `run(between)` runs a whole training (`trainer_loop`) and calls `between(before_step, step)` at
+    each step's begin and end; here it runs in a thread that hands the turn back at every step's
+    end, so exactly one of the two trainers computes at any time: the other's step stays out of
+    this one's clock (`timer`), wall and CPU time alike (the process's CPU time counts both
+    threads). `finish()` lets the training end after its last step."""
+
+    def __init__(self, run, timer):
+        self.timer, self.error, self.started = timer, None, False
+        self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
+        self.thread = threading.Thread(target=self._train, args=(run,), daemon=True)
+
+    def _train(self, run) -> None:
+        self._go.acquire()
+        try:
+            run(self._between)
+        except BaseException as err:   # re-raised in the caller's thread
+            self.error = err
+        finally:
+            self._paused.release()
+
+    def _between(self, before_step: bool, step: int) -> None:
+        if before_step:
+            return
+        wall, cpu = self.timer.now(), time.process_time()
+        self._paused.release()
+        self._go.acquire()
+        self.timer.exclude(self.timer.now() - wall, time.process_time() - cpu)
+
+    def step(self) -> None:
+        if not self.started:
+            self.started = True
+            self.thread.start()
+        self._go.release()
+        self._paused.acquire()
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        if self.started and self.thread.is_alive():
+            self._go.release()
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class BareLoop:

@@ -44,22 +44,29 @@ def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int | None = N
 def pack(samples: list[dict]) -> dict:
     """Concatenate samples into one padding-free row; `position_ids` restart at 0 for each sample.
 
-    transformers builds a block-diagonal causal mask from restarting position ids when no attention
-    mask is given, so no token attends across samples.
+    No token attends across samples: transformers' SDPA builds a block-diagonal causal mask from
+    the restarting position ids when no attention mask is given, and per-sample attention
+    (`janus_ft.model.attention`) runs each sample alone within the bounds `cu_seq_lens` (the
+    samples' cumulative lengths, int32, as FlashAttention's varlen kernels take them) and
+    `max_length` (the longest sample), both computed here on the host so no layer reads them back
+    from the device.
 
     >>> import torch
     >>> b = pack([{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "task": 0},
     ...           {"input_ids": torch.tensor([5, 8]), "labels": torch.tensor([-100, 8]), "task": 2}])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["task_ids"].tolist()
     ([[5, 6, 7, 5, 8]], [[0, 1, 2, 0, 1]], [[0, 0, 0, 2, 2]])
-    >>> b["labels"].tolist()
-    [[-100, 6, 7, -100, 8]]
+    >>> b["labels"].tolist(), b["cu_seq_lens"].tolist(), b["max_length"]
+    ([[-100, 6, 7, -100, 8]], [0, 3, 5], 3)
     """
+    lengths = [len(s["input_ids"]) for s in samples]
     batch = {
         "input_ids": torch.cat([s["input_ids"] for s in samples])[None],
         "labels": torch.cat([s["labels"] for s in samples])[None],
-        "position_ids": torch.cat([torch.arange(len(s["input_ids"])) for s in samples])[None],
-        "task_ids": torch.cat([torch.full((len(s["input_ids"]),), s["task"]) for s in samples])[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+        "task_ids": torch.cat([torch.full((n,), s["task"]) for n, s in zip(lengths, samples)])[None],
+        "cu_seq_lens": torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32),
+        "max_length": max(lengths),
     }
     # The first token of each sample must not be predicted from the previous sample's last token:
     # its label is always IGNORE (BOS), which `encode` guarantees.

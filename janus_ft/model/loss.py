@@ -134,17 +134,30 @@ def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Te
     def embed(module, args, kwargs):
         return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, plan, input_grad)}
 
+    # The final hidden states come from the Janus model's own output, not `output_hidden_states`:
+    # asking for those makes transformers hook every decoder and attention layer (for good), and in
+    # a compiled layer (janus_ft.model.compile) such a hook is a graph break.
+    last = {}
+
+    def keep_last(module, args, output):
+        last["hidden"] = output.last_hidden_state
+
     def head_logits(module, args, kwargs, output):
-        hidden = output.hidden_states[-1].flatten(0, 1)
+        hidden = last.pop("hidden").flatten(0, 1)
         return output, (module.lm_head(hidden.index_select(0, text - 1)),
                         module.model.generation_head(hidden.index_select(0, gen - 1)))
 
-    hooks = [core.register_forward_pre_hook(embed, with_kwargs=True),
+    hooks = [core.register_forward_pre_hook(embed, with_kwargs=True), core.model.register_forward_hook(keep_last),
              core.register_forward_hook(head_logits, with_kwargs=True)]
+    # A packed batch's sample bounds go to the attention functions as the FlashAttention keyword
+    # arguments transformers forwards to them (janus_ft.model.attention: per-sample attention).
+    bounds = ({} if "cu_seq_lens" not in batch else {
+        "cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"],
+        "max_length_q": batch["max_length"], "max_length_k": batch["max_length"]})
     try:
         _, (text_logits, gen_logits) = model(
             attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-            output_hidden_states=True, logits_to_keep=text.new_empty(0), use_cache=False)
+            logits_to_keep=text.new_empty(0), use_cache=False, **bounds)
     finally:
         for hook in hooks:
             hook.remove()

@@ -156,6 +156,10 @@ OWNED_TRAIN_FIELDS = {
                                      "tower, micro-batches without images under DDP)",
     "pad_to_multiple_of": "use data.pad_to_multiple_of",
     "dataset_num_proc": "use data.num_proc (records are prepared in parallel into the prepared-rows cache)",
+    **dict.fromkeys(("torch_compile", "torch_compile_backend", "torch_compile_mode"),
+                    "use model.compile (janus_ft compiles each language-model decoder layer, LoRA inside, with the "
+                    "sequence length dynamic; torch_compile compiles the whole model as one graph, SigLIP tower and "
+                    "heads included, whose compile time grows with the model's depth)"),
 }
 
 # SFTConfig fields with no meaning for Janus, or not implemented: refused, not silently ignored.

@@ -43,6 +43,7 @@ METHODS = {m.name: m for m in (
         "data.streaming": "pairs are read and checked in full before training (streaming reads janus-ft sft records)",
         "data.max_bad_records": _STREAM_ONLY,
         "data.packing": "pairs are padded: each row is one side of one pair, scored as a whole",
+        "data.packed_attention": "pairs are padded, never packed (data.packing)",
         "data.num_proc": "pairs are validated in this process (the parallel prepared-rows cache holds janus-ft sft "
                          "records)",
     }, validate_dpo),
@@ -55,6 +56,7 @@ METHODS = {m.name: m for m in (
         "data.streaming": "prompts are read and checked in full before training",
         "data.max_bad_records": _STREAM_ONLY,
         "data.packing": "sampled groups are padded rows, scored once",
+        "data.packed_attention": "sampled groups are padded, never packed (data.packing)",
         "data.group_by_length": "a step's rows are the groups sampled for its prompts",
         "data.pad_to_multiple_of": "sampled groups are padded to their longest completion",
         "data.num_proc": "prompts are read in this process",

@@ -27,6 +27,8 @@ class ModelArgs:
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
     quantization: str = opt("none", "none | 4bit | 8bit (bitsandbytes, language model only)")
     attn_implementation: str | None = opt(None, "sdpa | eager | flash_attention_2 (default: transformers' choice)")
+    compile: bool = opt(False, "torch.compile each language-model decoder layer (regional compilation, LoRA "
+                               "inside; sequence length dynamic, so packing and mixed lengths do not recompile)")
 
 
 # What `columns` may map a source's columns onto (the JSONL record fields, docs/data.md).
@@ -68,6 +70,9 @@ class DataArgs:
     system_prompt: str | None = opt(None, "system prompt for records without one (default: Janus's own)")
     last_turn_only: bool = opt(False, "supervise only the last assistant turn of multi-turn records")
     packing: bool = opt(False, "pack samples into padding-free rows (position ids restart per sample)")
+    packed_attention: str = opt("auto", "with packing: per_sample (each sample of a row attends over itself, no mask; "
+                                        "flash-attention / torch varlen kernels on a GPU) | mask (SDPA with a "
+                                        "block-diagonal mask over the row) | auto (= per_sample)")
     group_by_length: bool = opt(False, "without packing: order each step's samples by length so micro-batches pad less")
     pad_to_multiple_of: int | None = opt(None, "without packing: pad each micro-batch to a multiple of N tokens "
                                                "(steadier shapes for compiled kernels)")

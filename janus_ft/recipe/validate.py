@@ -35,6 +35,10 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
     if not 0 <= d.cfg_dropout < 1:
         raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
+    _choice("data.packed_attention", d.packed_attention, ("auto", "per_sample", "mask"))
+    if d.packed_attention != "auto" and not d.packing:
+        raise RecipeError(f"data.packed_attention={d.packed_attention} chooses how packed rows attend, but "
+                          "data.packing is false: set data.packing=true, or leave data.packed_attention at auto")
     if d.packing and d.group_by_length:
         raise RecipeError("data.packing and data.group_by_length both set: packed rows have no padding "
                           "to save, pick one")

@@ -106,6 +106,7 @@ def run(recipe: Recipe, method: Method, *, model=None, processor=None, callbacks
     set_seed(t.seed)
     model = apply_lora(model, recipe.lora)
     logger.info("trainable parameters:\n" + trainable_table(model))
+    apply_levers(model, recipe)
 
     trainer = method.trainer_class(
         model=model, processing_class=processor, data_collator=setup.collator,
@@ -119,6 +120,18 @@ def run(recipe: Recipe, method: Method, *, model=None, processor=None, callbacks
     method.before_training(trainer, setup)
     train(trainer, resume_from, stopper)
     return finish(trainer, method, stopper, processor, out, started)
+
+
+def apply_levers(model, recipe: Recipe) -> None:
+    """What training applies to the model once LoRA is in: per-sample attention for packed rows
+    (data.packing, data.packed_attention), then compiled decoder layers (model.compile), which must
+    see the attention they will run."""
+    from ..model.attention import set_packed_attention
+    from ..model.compile import compile_layers
+
+    set_packed_attention(model, recipe.data.packing, recipe.data.packed_attention)
+    if recipe.model.compile:
+        compile_layers(model)
 
 
 def claim_output_dir(recipe: Recipe) -> str | None:
