@@ -49,7 +49,7 @@ def run(args) -> int:
         adapter_base(args.adapter)  # fail before minutes of base evaluation, not after
     default = Path(args.adapter) / "eval" if args.adapter else Path(recipe.output_dir) / "eval-base"
     out = Path(args.output) if args.output else default
-    if args.reward or recipe.grpo.rewards:
+    if args.reward or (recipe.method == "grpo" and recipe.grpo.rewards):
         if args.samples is not None and args.samples < 1:
             raise UserError(f"--samples must be >= 1, got {args.samples}")
         report, outputs = evaluate_with_rewards(recipe, args.reward, args.adapter, args.compare_base, sources,

@@ -35,7 +35,10 @@ def evaluate_with_rewards(recipe, rewards: list | None = None, adapter: str | Pa
     """(report, per model: its scored completions and image grid). `rewards`: recipe-style specs or
     callables (default: the recipe's `grpo.rewards`); `sources`: default `data.val`; `n`:
     completions per prompt (default: `grpo.num_generations_eval`, else `num_generations`)."""
-    g = recipe.grpo
+    from ..recipe.grpo import GrpoArgs
+
+    # A GRPO recipe's sampling settings; another method's recipe samples with GRPO's defaults.
+    g = recipe.grpo if recipe.method == "grpo" else GrpoArgs()
     loaded = load_rewards(rewards or g.rewards, Path(recipe.source).parent if recipe.source else None, "rewards")
     sources = sources if sources is not None else recipe.data.val
     prompts = load_prompts(sources, recipe.train.seed)
