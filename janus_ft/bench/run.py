@@ -4,7 +4,7 @@ time and memory go.
 Runs warm-up + N optimizer steps of the recipe with the real trainer and reports samples/s,
 supervised tokens/s, the real-token fraction of batches, peak memory (RSS on CPU, allocated on
 GPU), the step time split into data / forward / backward / optimizer, and MFU (model FLOPs per
-second, `janus_ft.throughput`, over a matmul timed on the same device in the same dtype).
+second, `janus_ft.bench.throughput`, over a matmul timed on the same device in the same dtype).
 `--compare` adds variants on the same batches, side by side:
 
     bare           a plain PyTorch loop (AdamW, same model, LoRA, collator and loss)
