@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BadRecord
+from ..errors import BadRecord, UserError
 from ..files import cache_root, publish
 from .records import brief
 
@@ -67,6 +67,12 @@ def check_images(records) -> list[BadRecord]:
             if problems[path] is not None:
                 errors.append(BadRecord(rec.source, rec.line, f"images[{i}]", problems[path].problem))
     return errors
+
+
+def bad_images_error(bad: list[BadRecord]) -> UserError:
+    """One error listing (the first ten of) every bad image reference, so all are fixed in one go."""
+    shown = "\n  ".join(str(e) for e in bad[:10])
+    return UserError(f"{len(bad)} bad image reference(s){' (first 10)' if len(bad) > 10 else ''}:\n  {shown}")
 
 
 def check_file(path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import check_images
+from ..data.images import bad_images_error, check_images
 from ..data.prompts import Prompt, load_prompts
 from ..errors import UserError
 from ..infer.engine import BASE, Janus
@@ -46,7 +46,7 @@ def evaluate_with_rewards(recipe, rewards: list | None = None, adapter: str | Pa
         raise UserError("nothing to evaluate: no prompts (data.val is empty)")
     bad = check_images([p.record for p in prompts])
     if bad:
-        raise UserError(f"{len(bad)} bad image reference(s):\n  " + "\n  ".join(str(e) for e in bad[:10]))
+        raise bad_images_error(bad)
     n = n or g.num_generations_eval or g.num_generations
     seed = g.seed if g.seed is not None else recipe.train.seed
     janus = Janus.load(recipe.model.path, dtype=recipe.model.dtype, format=recipe.model.format)

@@ -18,6 +18,7 @@ import torch
 from accelerate.logging import get_logger
 
 from ..data.dataset import JanusDataset, require_tasks, vq_codes, warn_dropped
+from ..data.images import bad_images_error
 from ..data.mixture import MixtureDataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
 from ..data.sources import read_source
@@ -28,7 +29,7 @@ from ..recipe import Recipe, parse_source
 from .base import JanusTrainer, outputs
 from .callbacks import MixtureCallback
 from .run import Method, Setup
-from .sft import bad_images_error, concat_lazily, global_batch
+from .sft import concat_lazily, global_batch
 
 logger = get_logger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..data.images import check_images
+from ..data.images import bad_images_error, check_images
 from ..data.prompts import Prompt, load_prompts
 from ..errors import UserError
 from ..eval.rewards import load_rewards
@@ -23,7 +23,6 @@ from .distributed import world_size
 from .grpo_trainer import GrpoTrainer, PromptIndices, RewardProbe, Sampler, collate_indices
 from .plot import plot_losses, plot_rewards
 from .run import Method, Setup
-from .sft import bad_images_error
 
 
 def read_prompts(recipe: Recipe) -> tuple[list[Prompt], list[Prompt]]:

@@ -12,9 +12,10 @@ from accelerate.logging import get_logger
 from transformers import TrainerCallback
 
 from ..data.dataset import build_datasets, require_tasks
+from ..data.images import bad_images_error
 from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
 from ..data.prepared import Tokenization, errors_of, prepare, task_indices
-from ..errors import RecipeError, UserError
+from ..errors import RecipeError
 from ..janus import TASK_NAMES
 from ..model.loss import compute_loss_parts
 from ..recipe import Recipe
@@ -74,12 +75,6 @@ def read_data(recipe: Recipe, processor, fmt: str) -> tuple:
         sizes = {t: len(i) for t, i in task_indices(train_rows).items()} if train_rows is not None else {}
         require_tasks({t: range(sizes.get(t, 0)) for t in d.mix}, d.mix)
     return train_rows, val_rows
-
-
-def bad_images_error(bad: list) -> UserError:
-    """One error listing (the first ten of) every bad image reference, so all are fixed in one go."""
-    shown = "\n  ".join(str(e) for e in bad[:10])
-    return UserError(f"{len(bad)} bad image reference(s){' (first 10)' if len(bad) > 10 else ''}:\n  {shown}")
 
 
 def global_batch(recipe: Recipe) -> int:
