@@ -126,7 +126,9 @@ class TrainArgs:
     overwrite_output_dir: bool = opt(False, "replace what a non-empty output_dir holds (default: refuse)")
     nan_policy: str = opt("stop", "on a non-finite loss: stop (naming step and task) | skip (the micro-batch, counted)")
     deepspeed: str | None = opt(None, "DeepSpeed config file (see recipes/deepspeed/)")
-    dataloader_num_workers: int = opt(0, "worker processes building samples")
+    dataloader_num_workers: int | None = opt(None, "worker processes building samples (images decoded, "
+                                                   "preprocessed) ahead of the step; default: 4 per process "
+                                                   "with a GPU, none on CPU (measured: docs/benchmarks.md)")
     disable_tqdm: bool = opt(False, "hide the progress bar")
     extra: dict = opt({}, "other transformers TrainingArguments fields, passed through (also accepted directly under "
                           "train)")

@@ -21,15 +21,16 @@ logger = get_logger(__name__)
 # TrainArgs keys that are TrainingArguments fields of the same name and meaning.
 PASSED = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
           "seed", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "logging_steps", "save_steps",
-          "save_total_limit", "deepspeed", "dataloader_num_workers", "disable_tqdm")
+          "save_total_limit", "deepspeed", "disable_tqdm")
 
 
 def training_arguments(recipe: Recipe, max_steps: int, has_eval: bool, per_device_batch: int | None = None,
-                       in_order: bool = True):
+                       in_order: bool = True, loader_work: bool = True):
     """`TrainingArguments` for a run of `max_steps` optimizer steps. `per_device_batch` replaces
     `train.per_device_train_batch_size` where a method's loader batches something else (GRPO's
     loader yields prompts, each sampled `num_generations` times); `in_order=False` lets the Trainer
-    shuffle the training set (GRPO's prompts) instead of reading a schedule in order."""
+    shuffle the training set (GRPO's prompts) instead of reading a schedule in order;
+    `loader_work=False`: the loader only hands out indices (GRPO), so no worker processes by default."""
     from transformers import TrainingArguments
 
     t, dtype = recipe.train, recipe.model.dtype
@@ -58,12 +59,27 @@ def training_arguments(recipe: Recipe, max_steps: int, has_eval: bool, per_devic
         activation_checkpointing=t.gradient_checkpointing, activation_checkpointing_kwargs={"use_reentrant": False})
     if per_device_batch is not None:
         fields["per_device_train_batch_size"] = per_device_batch
+    fields.update(loader_fields(t.dataloader_num_workers, loader_work))
     fields.update(distributed_fields(t))
     fields.update(t.extra)
     try:
         return TrainingArguments(**fields)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"train: {err}") from None
+
+
+def loader_fields(workers: int | None, loader_work: bool = True) -> dict:
+    """DataLoader settings: `train.dataloader_num_workers` as given, else by default, with an
+    accelerator, 4 worker processes per process, kept alive across epochs and evaluations, each
+    preparing 2 micro-batches ahead -- so images are decoded and preprocessed while the accelerator
+    computes, not between its steps. On CPU the workers would take the cores the step itself uses:
+    none by default. A loader of prompt indices (GRPO samples in the trainer) has no work to move."""
+    if workers is None:
+        workers = 4 if has_accelerator() and loader_work else 0
+    fields = {"dataloader_num_workers": workers}
+    if workers:
+        fields.update(dataloader_persistent_workers=True, dataloader_prefetch_factor=2)
+    return fields
 
 
 def resume_argument(recipe: Recipe) -> str | None:

@@ -69,7 +69,7 @@ class GRPO(Method):
         return Setup(
             train_dataset=PromptIndices(len(train_prompts)),
             eval_dataset=PromptIndices(len(val_prompts)) if val_prompts else None, collator=collate_indices,
-            steps=steps, per_device_batch=per_device, in_order=False,
+            steps=steps, per_device_batch=per_device, in_order=False, loader_work=False,
             probe=RewardProbe(sampler, val_prompts, g.num_generations_eval or g.num_generations, seed, t.eval_images,
                               t.per_device_eval_batch_size),
             trainer_kwargs={"sampler": sampler, "prompts": train_prompts})

@@ -50,6 +50,7 @@ class Setup:
     trainer_kwargs: dict = field(default_factory=dict)
     per_device_batch: int | None = None            # see `training_arguments`
     in_order: bool = True
+    loader_work: bool = True                       # the loader builds samples (False: it hands out indices)
 
 
 class Method:
@@ -111,7 +112,7 @@ def run(recipe: Recipe, method: Method, *, model=None, processor=None, callbacks
     trainer = method.trainer_class(
         model=model, processing_class=processor, data_collator=setup.collator,
         args=training_arguments(recipe, setup.steps, setup.eval_dataset is not None, setup.per_device_batch,
-                                setup.in_order),
+                                setup.in_order, setup.loader_work),
         train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
         callbacks=[*setup.callbacks, SaveEverySteps(t.save_last), stopper := SignalCheckpoint(), *callbacks],
         probe=setup.probe, nan_policy=t.nan_policy, **setup.trainer_kwargs)
