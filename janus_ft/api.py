@@ -8,9 +8,10 @@
     result.output_dir, result.model, result.log_history
 
 A recipe is a YAML path, a dict of sections or a recipe object, always validated; overrides are
-dotted keys, as a list of `key=value` strings or a dict. `train_dataset` / `eval_dataset` (a
-`datasets.Dataset` or a list of records, in any shape the data docs list) take the place of
-`data.train` / `data.val`; they are checked and cached like files (`janus_ft.data.inline`).
+dotted keys, as a list of `key=value` strings, a dict, or keywords (`**{"train.max_steps": 20}`).
+`train_dataset` / `eval_dataset` (a `datasets.Dataset` or a list of records, in any shape the data
+docs list) take the place of `data.train` / `data.val`; they are checked and cached like files
+(`janus_ft.data.inline`).
 `model.path: tiny` builds the embedded tiny model when it is missing.
 """
 
@@ -19,12 +20,12 @@ from __future__ import annotations
 from .recipe import load_recipe
 
 
-def _run(method_name: str, method, recipe, overrides, train_dataset, eval_dataset, **kwargs):
+def _run(method_name: str, method, recipe, overrides, dotted: dict, train_dataset, eval_dataset, **kwargs):
     from .data.inline import materialise
     from .recipe.load import override_items
     from .train.run import run
 
-    changes = dict(override_items(overrides))
+    changes = dict(override_items(overrides)) | dotted
     if train_dataset is not None:
         changes["data.train"] = [{"path": materialise(train_dataset, "train_dataset")}]
     if eval_dataset is not None:
@@ -33,30 +34,30 @@ def _run(method_name: str, method, recipe, overrides, train_dataset, eval_datase
 
 
 def sft(recipe=None, overrides=None, *, train_dataset=None, eval_dataset=None, model=None, processor=None,
-        callbacks=()):
+        callbacks=(), **dotted):
     """Supervised fine-tuning as the recipe says; returns a `RunResult` (output_dir, the trained
     model, log_history, interrupted). `model` / `processor`: already loaded (else `model.path`);
     `callbacks`: transformers `TrainerCallback`s."""
     from .train.sft import SFT
 
-    return _run("sft", SFT(), recipe, overrides, train_dataset, eval_dataset, model=model, processor=processor,
+    return _run("sft", SFT(), recipe, overrides, dotted, train_dataset, eval_dataset, model=model, processor=processor,
                 callbacks=callbacks)
 
 
 def dpo(recipe=None, overrides=None, *, train_dataset=None, eval_dataset=None, model=None, processor=None,
-        callbacks=()):
+        callbacks=(), **dotted):
     """Preference tuning (DPO / IPO) as the recipe says, on preference pairs; as `sft` otherwise."""
     from .train.dpo import DPO
 
-    return _run("dpo", DPO(), recipe, overrides, train_dataset, eval_dataset, model=model, processor=processor,
+    return _run("dpo", DPO(), recipe, overrides, dotted, train_dataset, eval_dataset, model=model, processor=processor,
                 callbacks=callbacks)
 
 
 def grpo(recipe=None, overrides=None, *, reward_funcs=(), train_dataset=None, eval_dataset=None, model=None,
-         processor=None, callbacks=()):
+         processor=None, callbacks=(), **dotted):
     """GRPO with the recipe's rewards and `reward_funcs` (callables on TRL's reward convention, or
     reward-model paths, weight 1), on prompts; as `sft` otherwise."""
     from .train.grpo import GRPO
 
-    return _run("grpo", GRPO(), recipe, overrides, train_dataset, eval_dataset, model=model, processor=processor,
+    return _run("grpo", GRPO(), recipe, overrides, dotted, train_dataset, eval_dataset, model=model, processor=processor,
                 callbacks=callbacks, reward_funcs=list(reward_funcs))
