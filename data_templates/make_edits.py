@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from generator_io import check_split, finish, parser, write_split
 from make_shapes import BACKGROUND, COLOURS
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 SHAPES = ("square", "circle", "triangle")
 MOVES = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -49,8 +49,16 @@ class Scene(NamedTuple):
         return f"images/{self.shape}{turn}_{self.colour}_{self.col}{self.row}.png"
 
 
+def mirrored(scene: Scene) -> Scene:
+    """The scene flipped left to right: the column mirrors and a triangle turns round."""
+    return scene._replace(col=2 - scene.col, facing={"left": "right", "right": "left"}.get(scene.facing, ""))
+
+
 def draw(scene: Scene, size: int) -> Image.Image:
-    """The scene: the shape fills a half-image box (less a margin), placed on a quarter-image grid."""
+    """The scene: the shape fills a half-image box (less a margin), placed on a quarter-image grid.
+    Right-hand scenes are their mirrored scene flipped, so a mirror edit is exact to the pixel."""
+    if scene.col == 2 or (scene.col == 1 and scene.facing == "right"):
+        return ImageOps.mirror(draw(mirrored(scene), size))
     img = Image.new("RGB", (size, size), BACKGROUND)
     side, margin = size / 2, size / 16
     x0, y0 = scene.col * size / 4 + margin, scene.row * size / 4 + margin
@@ -67,34 +75,39 @@ def draw(scene: Scene, size: int) -> Image.Image:
     return img
 
 
-def scenes() -> list[Scene]:
+def scenes(shapes=SHAPES, colours=tuple(COLOURS)) -> list[Scene]:
     return [Scene(shape, colour, col, row, facing)
-            for shape in SHAPES for facing in (("left", "right") if shape == "triangle" else ("",))
-            for colour in COLOURS for col in range(3) for row in range(3)]
+            for shape in shapes for facing in (("left", "right") if shape == "triangle" else ("",))
+            for colour in colours for col in range(3) for row in range(3)]
 
 
-def edits(scene: Scene) -> list[tuple[str, Scene]]:
+def edits(scene: Scene, colours=tuple(COLOURS)) -> list[tuple[str, Scene]]:
     """Every (instruction, result) this scene can be edited into."""
     out = [(f"Make the {scene.shape} {colour}.", scene._replace(colour=colour))
-           for colour in COLOURS if colour != scene.colour]
+           for colour in colours if colour != scene.colour]
     for word, (dx, dy) in MOVES.items():
         col, row = scene.col + dx, scene.row + dy
         if 0 <= col <= 2 and 0 <= row <= 2:
             out.append((f"Move the {scene.shape} {word}.", scene._replace(col=col, row=row)))
-    facing = {"left": "right", "right": "left"}.get(scene.facing, "")
-    mirrored = scene._replace(col=2 - scene.col, facing=facing)
-    if mirrored != scene:   # a centred square or circle mirrors onto itself: no edit to learn
-        out.append(("Mirror the image.", mirrored))
+    if mirrored(scene) != scene:   # a centred square or circle mirrors onto itself: no edit to learn
+        out.append(("Mirror the image.", mirrored(scene)))
     return out
 
 
 def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int | None = None,
-               train_name: str = "train.jsonl", val_name: str = "val.jsonl") -> tuple[Path, Path]:
+               train_name: str = "train.jsonl", val_name: str = "val.jsonl", shapes=SHAPES,
+               colours=tuple(COLOURS)) -> tuple[Path, Path]:
     """Write `n` distinct edit records (the last `n_val`, default n // 6, to the val file) and the
-    images they use. Returns (train_path, val_path); image paths are relative to `out_dir`."""
+    images they use, of scenes of `shapes` and `colours` (a smaller world is learnt sooner).
+    Returns (train_path, val_path); image paths are relative to `out_dir`."""
     n_val = n // 6 if n_val is None else n_val
     check_split(n, n_val)
-    pairs = [(source, instruction, target) for source in scenes() for instruction, target in edits(source)]
+    unknown = sorted(set(shapes) - set(SHAPES)) + sorted(set(colours) - set(COLOURS))
+    if unknown or not shapes or len(colours) < 2:
+        raise ValueError(f"shapes from {', '.join(SHAPES)} and two or more colours from {', '.join(COLOURS)}, "
+                         f"got {', '.join(shapes)} / {', '.join(colours)}")
+    pairs = [(source, instruction, target) for source in scenes(shapes, colours)
+             for instruction, target in edits(source, colours)]
     if n > len(pairs):
         raise ValueError(f"n={n}: there are only {len(pairs)} distinct edits")
     out_dir = Path(out_dir)
@@ -110,8 +123,11 @@ def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int 
 
 def main(argv=None) -> None:
     p = parser(__doc__, n=240, size=64, val_default="n // 6", out_help="output directory (train.jsonl, val.jsonl, images/)")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes to draw")
+    p.add_argument("--colours", default=",".join(COLOURS), help="comma-separated colours (two or more)")
     args = p.parse_args(argv)
-    finish(p, lambda: make_edits(args.out, args.n, args.seed, args.size, args.split_val))
+    finish(p, lambda: make_edits(args.out, args.n, args.seed, args.size, args.split_val,
+                                 shapes=tuple(args.shapes.split(",")), colours=tuple(args.colours.split(","))))
 
 
 if __name__ == "__main__":
