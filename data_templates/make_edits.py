@@ -1,30 +1,32 @@
-"""Synthetic image edits: one shape on a plain background, recoloured, moved or mirrored.
+"""Synthetic image edits: shapes on a plain background, one of them recoloured or moved, or the
+whole image mirrored.
 
 Every record is an edit (source image + instruction -> edited image) whose result is fully decided
-by the two: a shape (square, circle, or a right triangle facing left or right) of one of four
-colours sits in one of 3 x 3 cells, each cell a quarter of the image apart, and the instruction
-says what changes:
+by the two. A scene holds one or more shapes of different kinds (square, circle, and a right
+triangle facing left or right), each of one of four colours, each filling one cell of a grid
+(4 x 4 by default); the instruction says what changes and everything else stays:
 
     {"query": "<image>Make the square red.", "response": "<image>",
-     "images": ["images/square_blue_01.png", "images/square_red_01.png"]}
+     "images": ["images/circle-blue-12_square-green-30.png", "images/circle-blue-12_square-red-30.png"]}
 
-- recolour: "Make the {shape} {colour}." (another of the four colours; position and shape kept)
-- move: "Move the {shape} {left|right|up|down}." (one cell, where the image has room)
-- mirror: "Mirror the image." (a left-right flip: the column mirrors and a triangle turns round)
+- recolour: "Make the {shape} {colour}." (another of the four colours; everything else kept)
+- move: "Move the {shape} {left|right|up|down}." (one cell, into a free cell of the grid)
+- mirror: "Mirror the image." (a left-right flip: columns mirror and triangles turn round)
 
-The instruction alone names the shape but not where it is (nor, for moves and mirrors, its colour):
-only the source image tells, so a model that edits better than it draws from the instruction alone
-is reading the source. Pairs are drawn without repeats, so the validation pairs are edits the
-training set never shows (their images may appear in other pairs: there are only 144 scenes).
+The instruction names one shape but not where anything is (nor the other shapes, nor, for a move,
+the colour): only the source image tells, so a model that edits better than it draws from the
+instruction alone is reading the source. Edits are drawn without repeats, so the validation edits
+are edits the training set never shows.
 
     python data_templates/make_edits.py OUT_DIR --n 240 --seed 0 --size 64 --split-val 40
 
-writes OUT_DIR/train.jsonl, OUT_DIR/val.jsonl and OUT_DIR/images/{shape}_{colour}_{col}{row}.png.
+writes OUT_DIR/train.jsonl, OUT_DIR/val.jsonl and OUT_DIR/images/*.png (one file per scene).
 """
 
 from __future__ import annotations
 
 import random
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,100 +36,133 @@ from PIL import Image, ImageDraw, ImageOps
 
 SHAPES = ("square", "circle", "triangle")
 MOVES = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+FLIP = {"left": "right", "right": "left", "": ""}
 
 
-class Scene(NamedTuple):
+class Thing(NamedTuple):
     shape: str
     colour: str
-    col: int          # 0..2: the shape's box starts col / 4 of the image from the left
-    row: int          # 0..2: and row / 4 from the top
-    facing: str = ""  # a triangle's right angle: "left" or "right" (what a mirror turns round)
+    col: int
+    row: int
+    facing: str = ""   # a triangle's right angle, "left" or "right": what a mirror turns round
 
     @property
     def name(self) -> str:
         turn = f"-{self.facing}" if self.facing else ""
-        return f"images/{self.shape}{turn}_{self.colour}_{self.col}{self.row}.png"
+        return f"{self.shape}{turn}-{self.colour}-{self.col}{self.row}"
 
 
-def mirrored(scene: Scene) -> Scene:
-    """The scene flipped left to right: the column mirrors and a triangle turns round."""
-    return scene._replace(col=2 - scene.col, facing={"left": "right", "right": "left"}.get(scene.facing, ""))
+Scene = tuple   # of Things, in the order of SHAPES
 
 
-def draw(scene: Scene, size: int) -> Image.Image:
-    """The scene: the shape fills a half-image box (less a margin), placed on a quarter-image grid.
-    Right-hand scenes are their mirrored scene flipped, so a mirror edit is exact to the pixel."""
-    if scene.col == 2 or (scene.col == 1 and scene.facing == "right"):
-        return ImageOps.mirror(draw(mirrored(scene), size))
-    img = Image.new("RGB", (size, size), BACKGROUND)
-    side, margin = size / 2, size / 16
-    x0, y0 = scene.col * size / 4 + margin, scene.row * size / 4 + margin
-    x1, y1 = x0 + side - 2 * margin, y0 + side - 2 * margin
-    pen, rgb = ImageDraw.Draw(img), COLOURS[scene.colour]
-    if scene.shape == "square":
-        pen.rectangle([round(x0), round(y0), round(x1), round(y1)], fill=rgb)
-    elif scene.shape == "circle":
-        pen.ellipse([round(x0), round(y0), round(x1), round(y1)], fill=rgb)
+def scene_file(scene: Scene) -> str:
+    return "images/" + "_".join(t.name for t in scene) + ".png"
+
+
+@cache
+def tile(shape: str, colour: str, facing: str, side: int) -> Image.Image:
+    """One shape filling a `side` px cell (less a margin). Squares and circles are drawn mirror-
+    symmetric and a right-facing triangle is the left-facing one flipped, so mirroring a scene
+    mirrors its pixels exactly."""
+    if facing == "right":
+        return ImageOps.mirror(tile(shape, colour, "left", side))
+    img = Image.new("RGB", (side, side), BACKGROUND)
+    pen, rgb, lo, hi = ImageDraw.Draw(img), COLOURS[colour], side // 8, side - 1 - side // 8
+    if shape == "square":
+        pen.rectangle([lo, lo, hi, hi], fill=rgb)
+    elif shape == "circle":
+        pen.ellipse([lo, lo, hi, hi], fill=rgb)
     else:
-        corner = (x0, y1) if scene.facing == "left" else (x1, y1)
-        top = (x0, y0) if scene.facing == "left" else (x1, y0)
-        pen.polygon([corner, top, (x1 if scene.facing == "left" else x0, y1)], fill=rgb)
+        pen.polygon([(lo, lo), (lo, hi), (hi, hi)], fill=rgb)
+    if shape != "triangle":   # whatever rounding PIL did on the right, the left half decides
+        img.paste(ImageOps.mirror(img.crop((0, 0, side // 2, side))), (side - side // 2, 0))
     return img
 
 
-def scenes(shapes=SHAPES, colours=tuple(COLOURS)) -> list[Scene]:
-    return [Scene(shape, colour, col, row, facing)
-            for shape in shapes for facing in (("left", "right") if shape == "triangle" else ("",))
-            for colour in colours for col in range(3) for row in range(3)]
+def draw(scene: Scene, size: int, grid: int = 4) -> Image.Image:
+    """The scene: each shape in its cell of a `grid` x `grid` layout of a `size` px image."""
+    img = Image.new("RGB", (size, size), BACKGROUND)
+    side = size // grid
+    for t in scene:
+        img.paste(tile(t.shape, t.colour, t.facing, side), (t.col * side, t.row * side))
+    return img
 
 
-def edits(scene: Scene, colours=tuple(COLOURS)) -> list[tuple[str, Scene]]:
+def mirrored(scene: Scene, grid: int = 4) -> Scene:
+    return tuple(t._replace(col=grid - 1 - t.col, facing=FLIP[t.facing]) for t in scene)
+
+
+def edits(scene: Scene, colours=tuple(COLOURS), grid: int = 4) -> list[tuple[str, Scene]]:
     """Every (instruction, result) this scene can be edited into."""
-    out = [(f"Make the {scene.shape} {colour}.", scene._replace(colour=colour))
-           for colour in colours if colour != scene.colour]
-    for word, (dx, dy) in MOVES.items():
-        col, row = scene.col + dx, scene.row + dy
-        if 0 <= col <= 2 and 0 <= row <= 2:
-            out.append((f"Move the {scene.shape} {word}.", scene._replace(col=col, row=row)))
-    if mirrored(scene) != scene:   # a centred square or circle mirrors onto itself: no edit to learn
-        out.append(("Mirror the image.", mirrored(scene)))
+    out = []
+    taken = {(t.col, t.row) for t in scene}
+    for i, t in enumerate(scene):
+        out += [(f"Make the {t.shape} {c}.", _changed(scene, i, colour=c)) for c in colours if c != t.colour]
+        for word, (dx, dy) in MOVES.items():
+            col, row = t.col + dx, t.row + dy
+            if 0 <= col < grid and 0 <= row < grid and (col, row) not in taken:
+                out.append((f"Move the {t.shape} {word}.", _changed(scene, i, col=col, row=row)))
+    if mirrored(scene, grid) != scene:   # a centred symmetric scene mirrors onto itself: nothing to learn
+        out.append(("Mirror the image.", mirrored(scene, grid)))
     return out
 
 
+def _changed(scene: Scene, i: int, **kw) -> Scene:
+    return scene[:i] + (scene[i]._replace(**kw),) + scene[i + 1:]
+
+
+def random_scene(rng: random.Random, objects: int, shapes, colours, grid: int) -> Scene:
+    kinds = sorted(rng.sample(list(shapes), objects), key=SHAPES.index)
+    cells = rng.sample([(c, r) for c in range(grid) for r in range(grid)], objects)
+    return tuple(Thing(kind, rng.choice(list(colours)), col, row, rng.choice(("left", "right")) if kind == "triangle" else "")
+                 for kind, (col, row) in zip(kinds, cells))
+
+
 def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int | None = None,
-               train_name: str = "train.jsonl", val_name: str = "val.jsonl", shapes=SHAPES,
-               colours=tuple(COLOURS)) -> tuple[Path, Path]:
+               train_name: str = "train.jsonl", val_name: str = "val.jsonl", objects: int = 2, grid: int = 4,
+               shapes=SHAPES, colours=tuple(COLOURS)) -> tuple[Path, Path]:
     """Write `n` distinct edit records (the last `n_val`, default n // 6, to the val file) and the
-    images they use, of scenes of `shapes` and `colours` (a smaller world is learnt sooner).
-    Returns (train_path, val_path); image paths are relative to `out_dir`."""
+    images they use: scenes of `objects` shapes (of different kinds, from `shapes`) coloured from
+    `colours` on a `grid` x `grid` layout. Returns (train_path, val_path); image paths are relative
+    to `out_dir`."""
     n_val = n // 6 if n_val is None else n_val
     check_split(n, n_val)
     unknown = sorted(set(shapes) - set(SHAPES)) + sorted(set(colours) - set(COLOURS))
-    if unknown or not shapes or len(colours) < 2:
-        raise ValueError(f"shapes from {', '.join(SHAPES)} and two or more colours from {', '.join(COLOURS)}, "
-                         f"got {', '.join(shapes)} / {', '.join(colours)}")
-    pairs = [(source, instruction, target) for source in scenes(shapes, colours)
-             for instruction, target in edits(source, colours)]
-    if n > len(pairs):
-        raise ValueError(f"n={n}: there are only {len(pairs)} distinct edits")
+    if unknown or not 1 <= objects <= len(shapes) or len(colours) < 2 or not 2 <= grid <= size:
+        raise ValueError(f"need 1 <= objects <= shapes (from {', '.join(SHAPES)}), two or more colours from "
+                         f"{', '.join(COLOURS)} and 2 <= grid <= size; got objects={objects}, shapes="
+                         f"{','.join(shapes)}, colours={','.join(colours)}, grid={grid}")
+    rng, seen, records = random.Random(seed), set(), []
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    records = []
-    for source, instruction, target in random.Random(seed).sample(pairs, n):
+    for _ in range(200 * n):
+        if len(records) == n:
+            break
+        source = random_scene(rng, objects, shapes, colours, grid)
+        instruction, target = rng.choice(edits(source, colours, grid) or [("", source)])
+        if not instruction or (source, instruction) in seen:
+            continue
+        seen.add((source, instruction))
         for scene in (source, target):
-            if not (out_dir / scene.name).exists():
-                draw(scene, size).save(out_dir / scene.name)
-        records.append({"query": f"<image>{instruction}", "response": "<image>", "images": [source.name, target.name]})
+            if not (out_dir / scene_file(scene)).exists():
+                draw(scene, size, grid).save(out_dir / scene_file(scene))
+        records.append({"query": f"<image>{instruction}", "response": "<image>",
+                        "images": [scene_file(source), scene_file(target)]})
+    if len(records) < n:
+        raise ValueError(f"n={n}: found only {len(records)} distinct edits of these scenes")
     return write_split(out_dir, records, n_val, train_name, val_name)
 
 
 def main(argv=None) -> None:
     p = parser(__doc__, n=240, size=64, val_default="n // 6", out_help="output directory (train.jsonl, val.jsonl, images/)")
+    p.add_argument("--objects", type=int, default=2, help="shapes per image (each of another kind)")
+    p.add_argument("--grid", type=int, default=4, help="cells per side; a shape fills one cell")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes to draw")
     p.add_argument("--colours", default=",".join(COLOURS), help="comma-separated colours (two or more)")
     args = p.parse_args(argv)
-    finish(p, lambda: make_edits(args.out, args.n, args.seed, args.size, args.split_val,
-                                 shapes=tuple(args.shapes.split(",")), colours=tuple(args.colours.split(","))))
+    finish(p, lambda: make_edits(args.out, args.n, args.seed, args.size, args.split_val, objects=args.objects,
+                                 grid=args.grid, shapes=tuple(args.shapes.split(",")),
+                                 colours=tuple(args.colours.split(","))))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data_templates" / "samples"
 sys.path.insert(0, str(REPO / "data_templates"))
 
-from make_edits import Scene, draw, edits, make_edits, scenes  # noqa: E402
+from make_edits import Thing, draw, edits, make_edits, mirrored  # noqa: E402
+
+BACKGROUND = (211, 211, 211)
 
 
 @pytest.fixture(scope="module")
@@ -30,30 +32,43 @@ def edit_data(tmp_path_factory) -> Path:
     return out
 
 
+def cells(image: Image.Image, grid: int = 4) -> dict:
+    """(col, row) -> the colour of each cell holding a shape (its centre pixel)."""
+    side = image.width // grid
+    out = {}
+    for col in range(grid):
+        for row in range(grid):
+            pixel = image.getpixel((col * side + side // 2, row * side + side * 3 // 4))
+            if pixel != BACKGROUND:
+                out[(col, row)] = pixel
+    return out
+
+
 def test_generator_writes_distinct_edits_whose_targets_follow_the_instruction(edit_data, tmp_path):
     train, val = ([json.loads(line) for line in (edit_data / f).read_text().splitlines()] for f in ("train.jsonl", "val.jsonl"))
     assert (len(train), len(val)) == (54, 6)
     pairs = [(r["query"], *r["images"]) for r in train + val]
-    assert len(set(pairs)) == 60   # no edit twice: the val edits are unseen
+    assert len({(q, s) for q, s, _ in pairs}) == 60   # no edit twice: the val edits are unseen
     assert {q.split()[0] for q, *_ in pairs} == {"<image>Make", "<image>Move", "<image>Mirror"}
     for query, source, target in pairs:
         before, after = (Image.open(edit_data / p).convert("RGB") for p in (source, target))
+        was, now = cells(before), cells(after)
+        assert len(was) == len(now) == 2
         if query == "<image>Mirror the image.":
             assert after.tobytes() == ImageOps.mirror(before).tobytes()
-        elif query.startswith("<image>Move"):
-            colours = {c for _, c in before.getcolors()} | {c for _, c in after.getcolors()}
-            assert len(colours) == 2 and before.tobytes() != after.tobytes()
-        else:   # recoloured in place: the shape's pixels are where they were
-            mask = [a != (211, 211, 211) for a in before.getdata()]
-            assert mask == [b != (211, 211, 211) for b in after.getdata()]
+        elif query.startswith("<image>Move"):   # one shape one cell on, in its colour; the other kept
+            assert len(set(was.items()) - set(now.items())) == 1 and sorted(was.values()) == sorted(now.values())
+        else:   # recoloured in place
+            assert was.keys() == now.keys() and sum(was[c] != now[c] for c in was) == 1
     again = tmp_path / "again"
     make_edits(again, n=60, seed=0, n_val=6)
     assert (again / "train.jsonl").read_bytes() == (edit_data / "train.jsonl").read_bytes()
-    # every scene has a recolour for each other colour; a centred square mirrors onto itself
-    assert len(scenes()) == 144 and all(len([i for i, _ in edits(s) if i.startswith("Make")]) == 3 for s in scenes())
-    assert not any(i.startswith("Mirror") for i, _ in edits(Scene("square", "red", 1, 0)))
-    assert draw(Scene("triangle", "red", 0, 0, "left"), 64).tobytes() == ImageOps.mirror(
-        draw(Scene("triangle", "red", 2, 0, "right"), 64)).tobytes()
+    scene = (Thing("square", "red", 0, 0), Thing("triangle", "blue", 3, 1, "left"))
+    assert draw(mirrored(scene), 64).tobytes() == ImageOps.mirror(draw(scene, 64)).tobytes()
+    assert ("Move the square left.", scene) not in edits(scene)   # no room on the left
+    assert len([i for i, _ in edits(scene) if i.startswith("Make")]) == 6 and len(edits(scene)) == 6 + 5 + 1
+    with pytest.raises(ValueError, match="objects"):
+        make_edits(tmp_path / "bad", n=4, objects=4)
 
 
 def test_data_check_and_preview_show_edits(edit_data, tmp_path, capsys, tiny_dir):
