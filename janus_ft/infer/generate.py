@@ -170,6 +170,8 @@ def sample_edit_codes(model, processor, instruction: str, images: list, fmt: str
     trained on (`edit_rows`), N sequential steps with a KV cache, each drawing all n samples."""
     conditions = (FULL, SOURCES, NONE) if image_cfg != 1 else (FULL, SOURCES)
     rows = edit_rows(model, processor, instruction, images, fmt, conditions, source_codes)
+    # Every condition keeps the layout's length (dropped parts become pad in place): no padding,
+    # so no attention mask, and the cache's positions are every row's own.
     batch = collate([row for row in rows for _ in range(n)], processor.tokenizer.pad_token_id)
     core = core_model(model)
     plan = loss_plan(batch, core.config.image_token_id)
