@@ -92,6 +92,9 @@ def test_data_check_and_preview_show_edits(edit_data, tmp_path, capsys, tiny_dir
     assert sum(c != -100 for c in row["source_codes"]) == 16   # one source's code block
     assert main(["data", "preview", "--recipe", str(recipe), "--no-color"]) == 0
     assert "<image_placeholder>x16 (source codes)" in capsys.readouterr().out
+    assert main(["data", "check", "--recipe", str(recipe)]) == 0   # lengths count the code blocks
+    n = len(row["input_ids"])
+    assert f"lengths after image expansion: min {n}, median {n}, max {n} tokens" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

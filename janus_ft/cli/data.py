@@ -153,7 +153,7 @@ def check(args) -> int:
         counts += found
     print(_counts(counts))
     if model and not errors:
-        _report_lengths(good, max_length or 2048)
+        _report_lengths(good, max_length or 2048, processor.num_image_tokens if source_codes else 0)
         _report_cache(good, model, cache_dir, source_codes)
     for err in errors:   # every one: a list to fix in one pass, not fifty at a time
         print(f"bad record: {err}", file=sys.stderr)
@@ -184,15 +184,23 @@ def _counts(counts: Counter, what: str = "record") -> str:
     return f"{sum(counts.values())} valid {what}(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
 
 
-def _report_lengths(parts, max_length: int) -> None:
+def _report_lengths(parts, max_length: int, code_block: int = 0) -> None:
+    """Lengths as training counts them: with `code_block` (image tokens, when data.edit_source_codes),
+    each edit source's code block too."""
     import numpy as np
 
+    from ..data.edit import EditSettings
     from ..data.prepared import lengths_of, record_of, task_indices
 
     lengths, first = [], None
     for rows in parts:
-        good = np.sort(np.concatenate(list(task_indices(rows).values())))
-        found = lengths_of(rows)[good]
+        tasks = task_indices(rows)
+        good = np.sort(np.concatenate(list(tasks.values())))
+        all_lengths = lengths_of(rows)
+        if code_block and len(tasks["edit"]):
+            all_lengths[tasks["edit"]] += [EditSettings(source_codes=True).extra_tokens(len(paths) - 1, code_block)
+                                           for paths in rows.select(tasks["edit"])["images"]]
+        found = all_lengths[good]
         lengths.append(found)
         if first is None and (found > max_length).any():
             first = record_of(rows[int(good[np.argmax(found > max_length)])])
