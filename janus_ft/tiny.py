@@ -76,9 +76,10 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
         chat_template=chat_template(user, assistant))
 
 
-def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
-    """The tiny model's config; `llm` names a `SIZE_PRESETS` entry whose language-model sizes replace
-    the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that conditions on its prompt)."""
+def tiny_config(tokenizer, vq_channels: int = 32, llm: str | dict | None = None):
+    """The tiny model's config; `llm` names a `SIZE_PRESETS` entry (or gives such sizes) whose
+    language-model sizes replace the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that
+    conditions on its prompt)."""
     from transformers import (
         JanusConfig,
         JanusVisionConfig,
@@ -86,8 +87,8 @@ def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
         LlamaConfig,
     )
 
-    sizes = SIZE_PRESETS[llm] if llm else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                           "num_attention_heads": 4}
+    default = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    sizes = dict(llm) if isinstance(llm, dict) else SIZE_PRESETS[llm] if llm else default
     hidden = sizes["hidden_size"]
     text = LlamaConfig(
         vocab_size=len(tokenizer), num_key_value_heads=sizes["num_attention_heads"], max_position_embeddings=1024,
@@ -164,14 +165,14 @@ def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = P
 
 
 def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, vq_channels: int = 32,
-               llm: str | None = None) -> Path:
+               llm: str | dict | None = None) -> Path:
     """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`.
 
     `vq_channels` (a multiple of 32): the VQ decoder's width. At 32 every GroupNorm group holds one
     channel, which erases a channel's mean: every code decodes to nearly the same colour (image
     rewards cannot tell samples apart). At 128 random codes decode to visibly different colours,
     which is what a colour reward needs (`recipes/grpo_t2i.yaml`). `llm` (a `SIZE_PRESETS` name,
-    e.g. "mid") gives it a larger language model (see `tiny_config`)."""
+    e.g. "mid", or a dict of LlamaConfig sizes) gives it a larger language model (see `tiny_config`)."""
     from transformers import JanusForConditionalGeneration
 
     if fmt not in ("janus-pro", "janus"):

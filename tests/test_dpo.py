@@ -215,7 +215,8 @@ def test_mixed_run_logs_per_task_metrics_and_writes_a_peft_adapter(tmp_path, tin
             assert math.isfinite(train[-1][f"{key}_{task}"])
         assert math.isfinite(train[-1][f"loss_{task}"])
     assert "eval_rewards/accuracies_generation" in log[-1] or any("eval_rewards/accuracies_generation" in e for e in log)
-    assert json.loads((out / "mixture.json").read_text())["consumed"] == {"understanding": 8, "text": 4, "generation": 4}
+    consumed = json.loads((out / "mixture.json").read_text())["consumed"]
+    assert consumed == {"understanding": 8, "text": 4, "generation": 4, "edit": 0}
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
 

@@ -193,7 +193,7 @@ def test_without_data_mix_the_tasks_present_are_mixed_by_size(tiny_processor):
     sets = {task: range(len(i)) for task, i in task_indices(rows).items()}
     mixture, steps = training_schedule(recipe, sets)
     assert mixture.ratios == {"understanding": 48, "text": 24} and (global_batch(recipe), steps) == (8, 9)
-    assert mixture.counts(len(mixture)) == {"understanding": 48, "text": 24, "generation": 0}
+    assert mixture.counts(len(mixture)) == {"understanding": 48, "text": 24, "generation": 0, "edit": 0}
     with pytest.raises(UserError, match="data.mix gives task 'generation' ratio 4 but no generation records"):
         read_data(load_recipe(None, train + ["data.mix={understanding: 5, text: 1, generation: 4}"]), tiny_processor,
                   "janus-pro")

@@ -155,7 +155,7 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     assert "janus-ft: 6 steps in " in console and "janus-ft: adapter, processor, recipe.yaml" in console
     assert "[RANK" not in console
     mixture = json.loads((out / "mixture.json").read_text())
-    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
+    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24, "edit": 0}
     assert not list(out.glob("checkpoint-*"))   # save_steps beyond max_steps: the final adapter only
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = set().union(*log)

@@ -103,6 +103,9 @@ def render(record: Record, fmt: str | Format, system_prompt: str | None = None,
     if record.task == "generation":
         prompt = f"{fmt.user}: {record.caption.strip()}\n\n{fmt.assistant}:"
         return [Piece(prompt), Piece("", True, kind="gen_image")]
+    if record.task == "edit":   # a generation prompt whose user turn lays its source images out as chat does
+        prompt = f"{fmt.user}: {user_content(record.caption)}\n\n{fmt.assistant}:"
+        return [Piece(prompt), Piece("", True, kind="gen_image")]
     system = record.system if record.system is not None else (
         DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt)
     pieces: list[Piece] = []

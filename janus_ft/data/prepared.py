@@ -49,7 +49,7 @@ from .sources import (
 )
 from .tokens import encode
 
-PREP_VERSION = 1   # bump when the rows' layout or the rendering changes: old caches are then ignored
+PREP_VERSION = 2   # bump when the rows' layout or the rendering changes: old caches are then ignored (2: edit records)
 logger = get_logger(__name__)
 _BATCH = 1000      # records per map batch: bounded memory per worker, a smooth progress bar
 _FEATURES = {

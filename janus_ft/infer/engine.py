@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..janus import CFG_SCALE
 from ..model.loading import adapter_base, load_base, load_processor
 from .chat import Decoding, answer, answer_batch
-from .generate import sample_codes
+from .generate import adapter_source_codes, sample_codes, sample_edit_codes
 from .prompts import prompt_record
 
 BASE = "base"
@@ -195,24 +195,32 @@ class Janus:
     # ---- images ----------------------------------------------------------------------------------
 
     def draw(self, caption: str, n: int = 1, cfg: float = CFG_SCALE, seed: int | None = None, *, images=None,
-             adapter: str | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> list[Image.Image]:
-        """`n` images for a caption, as `janus-ft generate` samples and decodes them (`seed=None`:
-        a seed drawn from torch's generator)."""
-        codes = self.draw_codes(caption, n, cfg, seed, images=images, adapter=adapter, temperature=temperature,
-                                top_k=top_k, top_p=top_p)
-        return self.decode(codes)
+             adapter: str | None = None, **sampling) -> list[Image.Image]:
+        """`n` images for a caption -- or with `images` (PIL images or paths), `n` edits of those
+        source images as the caption instructs -- as `janus-ft generate` samples and decodes them
+        (`seed=None`: a seed drawn from torch's generator). `sampling`: `draw_codes`'s settings."""
+        return self.decode(self.draw_codes(caption, n, cfg, seed, images=images, adapter=adapter, **sampling))
 
     def draw_codes(self, caption: str, n: int = 1, cfg: float = CFG_SCALE, seed: int | None = None, *, images=None,
-                   adapter: str | None = None, temperature: float = 1.0, top_k: int = 0,
-                   top_p: float = 1.0) -> torch.LongTensor:
-        """(n, image tokens) VQ codes sampled for a caption (what `draw` decodes)."""
+                   adapter: str | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   image_cfg: float = 1.0, source_codes: bool | None = None) -> torch.LongTensor:
+        """(n, image tokens) VQ codes sampled for a caption, or for an edit of `images` (what `draw`
+        decodes). For an edit, `image_cfg` guides towards the sources (1: only the instruction's
+        guidance) and `source_codes` lays the sources out as VQ codes too (None: as the adapter's run
+        trained, `data.edit_source_codes` in its recipe.yaml)."""
         check_drawing(n, cfg, temperature, top_k, top_p)
-        if images:   # editing: source image(s) + instruction -> image
-            raise UserError("draw(images=...): image editing is not available in this version of janus_ft")
+        if image_cfg < 0:
+            raise UserError(f"image_cfg must be >= 0, got {image_cfg}")
         seed = int(torch.randint(0, 2 ** 31 - 1, ()).item()) if seed is None else seed
-        with self.using(adapter) as model:
-            return sample_codes(model, self.processor(adapter), caption, self.fmt(adapter), n, cfg, temperature,
-                                seed, top_k, top_p)
+        name = self.check(adapter or self.active)
+        with self.using(name) as model:
+            if not images:
+                return sample_codes(model, self.processor(name), caption, self.fmt(name), n, cfg, temperature,
+                                    seed, top_k, top_p)
+            if source_codes is None:
+                source_codes = adapter_source_codes(self.adapters.get(name))
+            return sample_edit_codes(model, self.processor(name), caption, list(images), self.fmt(name), n, cfg,
+                                     temperature, seed, top_k, top_p, image_cfg, source_codes)
 
     def decode(self, codes: torch.Tensor) -> list[Image.Image]:
         """VQ codes -> images (the VQ decoder is the base's: adapters never touch it)."""

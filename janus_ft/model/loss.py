@@ -1,10 +1,11 @@
-"""Forward and loss for mixed batches of text, understanding and generation samples.
+"""Forward and loss for mixed batches of text, understanding, generation and edit samples.
 
 transformers' `JanusForConditionalGeneration.forward` covers the text/understanding path only; the
 generation path (image tokens embedded through `generation_embeddings` -> `generation_aligner`,
 predicted by `generation_head`) has no training forward there. This module builds the input
-embeddings for all three tasks, runs the wrapped model once (so DDP / DeepSpeed / PEFT hooks see a
-normal forward), and scores every supervised position with the head of its target:
+embeddings for every task (an edit's source code blocks go through the generation path too), runs
+the wrapped model once (so DDP / DeepSpeed / PEFT hooks see a normal forward), and scores every
+supervised position with the head of its target:
 
 * a text target at t+1 is scored by `lm_head` at t,
 * an image-code target at t+1 by `generation_head` at t -- so the `<begin_of_image>` position
@@ -74,6 +75,9 @@ def input_embeddings(core, batch: dict, plan: dict, input_grad: bool = True) -> 
     if len(slots) != features.shape[0]:   # sizes known on the host: no device sync
         raise ValueError(f"{len(slots)} image placeholders but {features.shape[0]} image features")
     codes = batch["labels"].flatten().index_select(0, gen)
+    if "source_slots" in plan:   # edit sources as codes: embedded as targets are, in the same call
+        gen = torch.cat([gen, plan["source_slots"]])
+        codes = torch.cat([codes, batch["source_codes"].flatten().index_select(0, plan["source_slots"])])
     gen_embeds = core.prepare_embeddings_for_image_generation(codes).to(embeds.dtype)
     # Features go to their placeholders in row-major order, one image after the other, as the
     # collator concatenated `pixel_values`.

@@ -33,6 +33,8 @@ class ModelArgs:
 
 # What `columns` may map a source's columns onto (the JSONL record fields, docs/data.md).
 RECORD_FIELDS = ("query", "response", "images", "history", "system", "messages", "task",
+                 # edits: the source image(s) and the target image (the instruction is the query)
+                 "source_images", "target_image",
                  # preference pairs (janus-ft dpo)
                  "prompt", "chosen", "rejected", "rejected_response", "rejected_images",
                  # GRPO prompts: the answer verifiable rewards compare with (other columns pass as they are)
@@ -67,6 +69,14 @@ class DataArgs:
                        "empty: the tasks present, in proportion to their sizes")
     max_length: int = opt(2048, "longest sample in tokens after image expansion; longer ones are dropped")
     cfg_dropout: float = opt(0.1, "probability of blanking a generation caption (classifier-free guidance)")
+    edit_source_codes: bool = opt(False, "edit sources also enter as VQ codes through the generation path "
+                                         "(as Janus-4o), besides SigLIP features")
+    edit_source_code_dropout: float = opt(0.5, "with edit_source_codes: probability of leaving an edit sample's "
+                                               "source codes out")
+    edit_cfg_dropout: float = opt(0.1, "probability of blanking an edit instruction, sources kept (guidance "
+                                       "branch 'sources')")
+    edit_uncond_dropout: float = opt(0.05, "probability of blanking an edit instruction and its sources (guidance "
+                                           "branch 'none')")
     system_prompt: str | None = opt(None, "system prompt for records without one (default: Janus's own)")
     last_turn_only: bool = opt(False, "supervise only the last assistant turn of multi-turn records")
     packing: bool = opt(False, "pack samples into padding-free rows (position ids restart per sample)")

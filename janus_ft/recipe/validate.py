@@ -33,8 +33,12 @@ def validate(recipe: Recipe) -> None:
             raise RecipeError(f"data.mix.{task} must be a number >= 0, got {ratio!r}")
     if d.mix and sum(d.mix.values()) <= 0:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
-    if not 0 <= d.cfg_dropout < 1:
-        raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
+    for key in ("cfg_dropout", "edit_source_code_dropout", "edit_cfg_dropout", "edit_uncond_dropout"):
+        if not 0 <= getattr(d, key) < 1:
+            raise RecipeError(f"data.{key} must be in [0, 1), got {getattr(d, key)}")
+    if d.edit_cfg_dropout + d.edit_uncond_dropout >= 1:
+        raise RecipeError(f"data.edit_cfg_dropout + data.edit_uncond_dropout must be below 1 (some edit samples "
+                          f"keep their instruction), got {d.edit_cfg_dropout} + {d.edit_uncond_dropout}")
     _choice("data.packed_attention", d.packed_attention, ("auto", "per_sample", "mask"))
     if d.packed_attention != "auto" and not d.packing:
         raise RecipeError(f"data.packed_attention={d.packed_attention} chooses how packed rows attend, but "
