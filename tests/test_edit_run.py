@@ -133,9 +133,9 @@ def test_a_mixed_run_trains_and_evaluates_every_task_at_its_ratio(mixed_run):
 
 
 def test_generate_with_images_edits_and_writes_a_source_result_grid(mixed_run, edit_data, tmp_path):
+    from janus_ft import Janus
     from janus_ft.data.vq import decode_codes_to_pil
     from janus_ft.infer.generate import sample_edit_codes
-    from janus_ft.model.loading import load_for_inference
 
     source = edit_data / json.loads((edit_data / "val.jsonl").read_text().splitlines()[0])["images"][0]
     out = tmp_path / "out"
@@ -143,10 +143,14 @@ def test_generate_with_images_edits_and_writes_a_source_result_grid(mixed_run, e
                  "--output", str(out), "--n", "2", "--seed", "3", "--image-cfg", "1.5"]) == 0
     meta = json.loads((out / "codes.json").read_text())
     assert meta["source_codes"] is True and meta["images"] == [str(source)]   # as the run trained (recipe.yaml)
-    model, processor = load_for_inference(None, str(mixed_run))
-    codes = sample_edit_codes(model, processor, "Make the square red.", [source], "janus-pro", n=2, seed=3,
-                              image_cfg=1.5, source_codes=True)
+    janus = Janus.load(adapter=str(mixed_run))
+    with janus.using() as model:
+        codes = sample_edit_codes(model, janus.processor(), "Make the square red.", [source], "janus-pro", n=2, seed=3,
+                                  image_cfg=1.5, source_codes=True)
     assert meta["codes"] == codes.tolist()
+    # the Python API draws the same edits (source codes as the adapter's run trained them)
+    drawn = janus.draw("Make the square red.", n=2, seed=3, images=[source], image_cfg=1.5)
+    assert [im.tobytes() for im in drawn] == [Image.open(out / f"{i}.png").tobytes() for i in range(2)]
     for i, image in enumerate(decode_codes_to_pil(model, codes)):
         assert Image.open(out / f"{i}.png").tobytes() == image.tobytes()
     grid = Image.open(out / "grid.png")
@@ -171,9 +175,9 @@ def test_generate_edit_errors_exit_2(args, message, edit_data, tmp_path, capsys,
 
 
 def test_eval_reports_edit_loss_and_source_target_result_grids(mixed_run, edit_data, tmp_path):
+    from janus_ft import Janus
     from janus_ft.data.collate import collate
     from janus_ft.data.dataset import build_datasets, read_sources
-    from janus_ft.model.loading import load_for_inference
     from janus_ft.model.loss import compute_loss_parts
     from janus_ft.recipe import load_recipe
 
@@ -184,7 +188,8 @@ def test_eval_reports_edit_loss_and_source_target_result_grids(mixed_run, edit_d
     assert report["records"] == {"edit": 6}
     # the adapter's edit loss: NLL per target code of the held-out edits, sources as the run trained them
     recipe = load_recipe(mixed_run / "recipe.yaml")
-    model, processor = load_for_inference(None, str(mixed_run))
+    janus = Janus.load(adapter=str(mixed_run))
+    model, processor = janus.model, janus.processor()
     (ds,) = build_datasets(read_sources([str(edit_data / "val.jsonl")]), model, processor, recipe, "janus-pro").values()
     assert "source_codes" in ds[0]
     with torch.no_grad():

@@ -89,8 +89,10 @@ def test_errors_name_the_parameter(janus, tmp_path):
         janus.chat("hi", images=[tmp_path / "nothing.png"])
     with pytest.raises(UserError, match="temperature 0 is greedy"):
         janus.draw("a fox", n=2, temperature=0.0)
-    with pytest.raises(UserError, match="image editing is not available"):
-        janus.draw("make it red", images=[IMAGE])
+    with pytest.raises(UserError, match="the instruction is empty: an edit needs an instruction"):
+        janus.draw("  ", images=[IMAGE])
+    with pytest.raises(UserError, match="image_cfg must be >= 0"):
+        janus.draw("make it red", images=[IMAGE], image_cfg=-1)
     with pytest.raises(UserError, match="adapter name 'one' is taken"):
         janus.load_adapter(janus.adapters["two"], name="one")
     with pytest.raises(UserError, match="give path"):

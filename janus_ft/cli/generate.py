@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.images import open_rgb
 from ..errors import UserError
 from ..infer.engine import Janus, check_drawing
-from ..infer.generate import edit_sheet, save_images
+from ..infer.generate import adapter_source_codes, edit_sheet, save_images
 
 
 def configure(parser) -> None:
@@ -56,7 +56,8 @@ def run(args) -> int:
     meta = {"prompt": args.prompt, "cfg": args.cfg, "temperature": args.temperature, "top_k": args.top_k,
             "top_p": args.top_p, "seed": args.seed, "n": args.n, "model": args.model, "adapter": args.adapter}
     if args.image:
-        meta |= {"images": args.image, "image_cfg": args.image_cfg, "source_codes": args.source_codes}
+        used = source_codes if source_codes is not None else adapter_source_codes(args.adapter)
+        meta |= {"images": args.image, "image_cfg": args.image_cfg, "source_codes": used}
     grid = edit_sheet([[*map(open_rgb, map(Path, args.image)), *images]]) if args.image else None
     out = save_images(images, Path(args.output), grid)
     (out / "codes.json").write_text(json.dumps(meta | {"codes": codes.tolist()}) + "\n", encoding="utf-8")

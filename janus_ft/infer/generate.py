@@ -100,7 +100,7 @@ def edit_record(instruction: str, n_sources: int) -> Record:
     if tags and tags != n_sources:
         raise UserError(f"{n_sources} source image(s) given but {tags} <image> tag(s) in the prompt")
     if not instruction.replace(IMAGE_TAG, "").strip():
-        raise UserError("--prompt is empty: an edit needs an instruction")
+        raise UserError("the instruction is empty: an edit needs an instruction")
     query = instruction if tags else IMAGE_TAG * n_sources + instruction
     images = [Path(f"source-{i}") for i in range(n_sources)] + [Path("target")]
     return Record(task="edit", turns=[(query, IMAGE_TAG)], images=images, system="")

@@ -84,9 +84,12 @@ class Workbench:
             raise result["error"]
         yield result["text"]
 
-    def draw(self, name: str, caption: str, n: int, cfg: float, temperature: float, seed: int):
-        """PIL images for a caption, as `janus-ft generate` samples and decodes them."""
-        return self.janus.draw(caption, n, cfg, seed, adapter=name, temperature=temperature)
+    def draw(self, name: str, caption: str, n: int, cfg: float, temperature: float, seed: int, images=(),
+             image_cfg: float = 1.0):
+        """PIL images for a caption -- or edits of `images` as it instructs -- as `janus-ft generate`
+        samples and decodes them."""
+        return self.janus.draw(caption, n, cfg, seed, adapter=name, temperature=temperature, images=list(images),
+                               image_cfg=image_cfg)
 
 
 def out_of_memory_message(err: BaseException) -> str | None:
