@@ -110,8 +110,8 @@ def grpo_decoder(model_dir, seed, work, data, extra):
     import torch
 
     from janus_ft.data.vq import decode_codes_to_pil
+    from janus_ft.eval.reward_functions import colour_match
     from janus_ft.tiny import CODEBOOK_SIZE, IMAGE_SIZE, PATCH_SIZE
-    from janus_ft.train.rewards import colour_match
 
     base, _ = load(model_dir)
     positions = (IMAGE_SIZE // PATCH_SIZE) ** 2
@@ -128,14 +128,14 @@ def grpo_decoder(model_dir, seed, work, data, extra):
 def qlora(model_dir, seed, work, data, extra):
     import test_qlora
 
-    from janus_ft.train.sft import run_sft
+    import janus_ft
 
     got = {}
     for quantization in ("4bit", "8bit"):
         more = ["train.gradient_checkpointing=true"] if quantization == "4bit" else []
         recipe = test_qlora.sft_recipe(work / quantization, quantization,
                                        [*more, f"model.path={model_dir}", f"train.seed={seed}", *extra])
-        losses = [e["loss"] for e in run_sft(recipe).log_history if "loss" in e]
+        losses = [e["loss"] for e in janus_ft.sft(recipe).log_history if "loss" in e]
         got[f"{quantization}_fall"] = losses[0] - losses[-1]
     return got
 

@@ -73,9 +73,13 @@ def test_missing_model_is_a_clear_error(img, capsys):
 def test_a_hub_id_off_line_fails_at_once_or_loads_from_the_hub_cache(tmp_path, monkeypatch):
     """A model path that is no local directory is a hub id; with the hub out of reach it is read
     from the hub cache, or refused with the reason -- not after minutes of retried downloads."""
+    from huggingface_hub import constants
+
     from janus_ft.errors import UserError
     from janus_ft.model import loading
 
+    # Whatever the user's environment says (HF_HUB_OFFLINE=1 is common on clusters): on line first.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError, match="'runs/tiny-colour': no such local directory, and the Hugging Face hub"):
         loading.hub_model("runs/tiny-colour", cache_dir=str(tmp_path))
@@ -87,6 +91,10 @@ def test_a_hub_id_off_line_fails_at_once_or_loads_from_the_hub_cache(tmp_path, m
     assert loading.hub_model("org/janus", cache_dir=str(tmp_path)) == str(snapshot)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)
     assert loading.hub_model("org/janus", cache_dir=str(tmp_path)) == "org/janus"   # on line: the hub decides
+    # HF_HUB_OFFLINE=1: no probe; transformers reads its cache and says itself what is missing.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: pytest.fail("probed the hub off line"))
+    assert loading.hub_model("runs/tiny-colour", cache_dir=str(tmp_path)) == "runs/tiny-colour"
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])

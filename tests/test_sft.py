@@ -59,9 +59,9 @@ def accuracy(model, processor, val_path):
 def train_colour(train: Path, out: Path, model: str = "tiny", seed: int = 42):
     """The colour-question run: LoRA on the LLM, the aligner trained fully (`model` and `seed` are
     what scripts/learning_margins.py varies)."""
+    import janus_ft
     from janus_ft.recipe import load_recipe
-    from janus_ft.train.sft import run_sft
-    return run_sft(load_recipe(None, [
+    return janus_ft.sft(load_recipe(None, [
         f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}", f"model.path={model}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
         # 150 steps: held-out accuracy (and greedy exact match) 0.85-1.00 over train.seed x inits x
@@ -171,7 +171,7 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     assert "janus-ft: 6 steps in " in console and "janus-ft: adapter, processor, recipe.yaml" in console
     assert "[RANK" not in console
     mixture = json.loads((out / "mixture.json").read_text())
-    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
+    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24, "edit": 0}
     assert not list(out.glob("checkpoint-*"))   # save_steps beyond max_steps: the final adapter only
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = set().union(*log)
@@ -237,10 +237,10 @@ def subjects(tmp_path_factory):
 
 def train_captioned(train: Path, out: Path, model: str = "tiny", seed: int = 42):
     """The captioned-set run: LoRA on the LLM and the generation aligner, the generation head trained fully."""
+    import janus_ft
     from janus_ft.recipe import load_recipe
-    from janus_ft.train.sft import run_sft
 
-    return run_sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
+    return janus_ft.sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
         f"model.path={model}", "model.dtype=float32", f"data.train=[{{path: {train}}}]", f"output_dir={out}",
         "data.max_length=256", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "lora.targets=[llm, gen_aligner]",
         "lora.modules_to_save=[gen_head]", "train.max_steps=150", "train.learning_rate=5e-3",
