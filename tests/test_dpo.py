@@ -247,6 +247,26 @@ def test_resume_equals_straight_run(tmp_path):
     assert logs[0][2:] == pytest.approx(logs[1][-2:], abs=1e-6)
 
 
+def test_load_best_model_at_end_keeps_the_best_evaluated_adapter(tmp_path):
+    """transformers' `load_best_model_at_end` through janus_ft's checkpoints (docs/dpo.md): the final
+    adapter is the checkpoint the metric chose. The metric is inverted (highest eval loss) so that the
+    choice is an early checkpoint, which keeping the last step's weights would not give."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "best"
+    assert run_dpo_cli("dpo_understanding.yaml", out, "train.max_steps=6", "train.eval_steps=2", "train.save_steps=2",
+                       "train.load_best_model_at_end=true", "train.metric_for_best_model=loss",
+                       "train.greater_is_better=true") == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
+    best = max(evals, key=evals.get)
+    assert best < 6 and state["best_model_checkpoint"] == str(out / f"checkpoint-{best}")
+    final = load_file(str(out / "adapter_model.safetensors"))
+    for step, same in ((best, True), (6, False)):
+        saved = load_file(str(out / f"checkpoint-{step}" / "adapter_model.safetensors"))
+        assert all(torch.equal(final[k], saved[k]) for k in final) == same
+
+
 def test_recipe_dpo_section_takes_trl_names_and_refuses_the_rest(tmp_path):
     r = load_recipe(REPO / "recipes/dpo_mixed.yaml", ["dpo.beta=0.3", "dpo.loss_type=ipo"])
     assert (r.dpo.beta, r.dpo.loss_type) == (0.3, "ipo")
