@@ -260,3 +260,14 @@ def test_model_losses_and_gradients_equal_one_piece(images, tiny_model, tiny_pro
             # Deeper in the model the rounding differences of the last hidden states' gradient grow
             # through the layers' backward (measured: up to 1.1e-6 in the LLM's LoRA weights).
             assert_close(grads[name], grad, name, 1e-6 if name in on_heads else 1e-5)
+
+
+def test_a_head_zero3_shards_stays_in_one_piece():
+    """ZeRO-3 gathers weights by a collective per call: ranks with different target counts must not
+    call the head a different number of times."""
+    head = frozen(CountingLinear(WIDTH, VOCAB))
+    head.weight.ds_id = 0   # what DeepSpeed ZeRO-3 marks its parameters with
+    hidden = torch.randn(N, WIDTH, requires_grad=True)
+    CountingLinear.calls = 0
+    target_nll(head, hidden, torch.zeros(N, dtype=torch.long), 5).sum().backward()
+    assert CountingLinear.calls == 1

@@ -122,6 +122,20 @@ def weight_tensors(model, trainable: bool) -> list[torch.Tensor]:
     return out
 
 
+def return_freed_memory() -> None:
+    """Make the process's RSS follow its live tensors (Linux, glibc). glibc keeps freed heap blocks
+    for reuse, and its mmap threshold rises (up to 32 MB) as big buffers are freed, so a CPU step's
+    temporaries stay in the heap: the RSS then grows layer after layer far past what is live
+    (measured: 10.2 GiB RSS for 6.9 GiB of tensors, 8 decoder layers of a 7B-wide QLoRA model; 7.4
+    GiB with this). A fixed 128 KiB threshold hands big buffers back to the system when freed."""
+    import ctypes
+    import sys
+
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)   # M_MMAP_THRESHOLD
+
+
 def parse_memory_spec(spec: str) -> tuple[str, int]:
     """`TASK:TOKENS` -> (task, tokens).
 
@@ -245,6 +259,7 @@ def memory_benchmark(args) -> dict:
     from .run import command_line, machine
 
     task, tokens = parse_memory_spec(args.memory)
+    return_freed_memory()
     recipe = load_recipe(args.recipe, args.overrides)
     if args.random_model:
         recipe.model.path = str(random_model_path(args.random_model))

@@ -18,8 +18,9 @@ copy, the log-softmax and its gradient (about 1.6 MB per target in float32), and
   keeps LoRA adapters in float32); a bf16 head trained fully keeps the one-piece matmul, whose
   weight gradient accumulates in float32.
 
-The head is called as a module on every chunk, so PEFT's LoRA layers, DeepSpeed's gather hooks
-and autocast see an ordinary call. Losses are float32 cross-entropy, as in one piece.
+The head is called as a module on every chunk, so PEFT's LoRA layers and autocast see an ordinary
+call. Under DeepSpeed ZeRO-3 a head stays in one piece (`gathered_per_call`). Losses are float32
+cross-entropy, as in one piece.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ HEAD_CHUNK_SIZE = 1024
 def target_nll(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int = HEAD_CHUNK_SIZE) -> torch.Tensor:
     """float32 `-log softmax(head(hidden))[targets]`, one per row of `hidden` ((targets, width)),
     scored `chunk_size` rows at a time (0: in one piece)."""
-    if chunk_size <= 0 or hidden.shape[0] <= chunk_size:
+    if chunk_size <= 0 or hidden.shape[0] <= chunk_size or gathered_per_call(head):
         return nll(head, hidden, targets)
     pieces = zip(hidden.split(chunk_size), targets.split(chunk_size))
     trainable = [p for p in head.parameters() if p.requires_grad]
@@ -47,6 +48,13 @@ def target_nll(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: in
     if any(p.dtype != torch.float32 for p in trainable):
         return nll(head, hidden, targets)
     return torch.cat([checkpoint(nll, head, h, t, use_reentrant=False) for h, t in pieces])
+
+
+def gathered_per_call(head) -> bool:
+    """Whether DeepSpeed ZeRO-3 shards the head (its parameters carry `ds_id`): ZeRO-3 gathers a
+    module's weights with a collective at every call, and ranks holding different numbers of targets
+    would call a chunked head a different number of times and wait on each other for ever."""
+    return any(hasattr(p, "ds_id") for p in head.parameters())
 
 
 def nll(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
