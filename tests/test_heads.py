@@ -271,3 +271,12 @@ def test_a_head_zero3_shards_stays_in_one_piece():
     CountingLinear.calls = 0
     target_nll(head, hidden, torch.zeros(N, dtype=torch.long), 5).sum().backward()
     assert CountingLinear.calls == 1
+
+
+def test_a_frozen_head_with_nothing_to_score_is_not_called():
+    head = frozen(CountingLinear(WIDTH, VOCAB))
+    hidden = torch.randn(4, WIDTH, requires_grad=True)[:0]
+    CountingLinear.calls = 0
+    losses = target_nll(head, hidden, torch.zeros(0, dtype=torch.long), 5)
+    assert CountingLinear.calls == 0 and losses.shape == (0,) and losses.dtype == torch.float32
+    assert losses.requires_grad   # a batch whose other head has nothing either still gives a loss to backward
