@@ -10,10 +10,13 @@ import importlib
 
 # public name -> module that defines it
 _LAZY = {
+    "sft": "janus_ft.api",
+    "dpo": "janus_ft.api",
+    "grpo": "janus_ft.api",
     "load_recipe": "janus_ft.recipe",
-    "run_sft": "janus_ft.train.sft",
     "merge_adapter": "janus_ft.export.merge",
     "encode_images": "janus_ft.data.vq",
+    "Janus": "janus_ft.infer.engine",
 }
 
 __all__ = list(_LAZY)

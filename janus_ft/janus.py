@@ -84,8 +84,9 @@ def chat_template(user: str, assistant: str) -> str:
 
 
 # --- tasks --------------------------------------------------------------------------------------
-# In the order of Janus-Pro's stage-3 mixture (understanding : text : generation = 5 : 1 : 4).
-TASKS = ("understanding", "text", "generation")
+# In the order of Janus-Pro's stage-3 mixture (understanding : text : generation = 5 : 1 : 4), then
+# image editing (source images + instruction -> image), appended so the first three ids keep their meaning.
+TASKS = ("understanding", "text", "generation", "edit")
 TASK_IDS = {task: i for i, task in enumerate(TASKS)}   # per-token task ids inside a batch
 TASK_NAMES = dict(enumerate(TASKS))
 

@@ -76,9 +76,10 @@ def build_tokenizer(fmt: str = "janus-pro", vocab_size: int = 640):
         chat_template=chat_template(user, assistant))
 
 
-def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
-    """The tiny model's config; `llm` names a `SIZE_PRESETS` entry whose language-model sizes replace
-    the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that conditions on its prompt)."""
+def tiny_config(tokenizer, vq_channels: int = 32, llm: str | dict | None = None):
+    """The tiny model's config; `llm` names a `SIZE_PRESETS` entry (or gives such sizes) whose
+    language-model sizes replace the 64-wide, 2-layer LLM (the visual paths stay tiny: a model that
+    conditions on its prompt)."""
     from transformers import (
         JanusConfig,
         JanusVisionConfig,
@@ -86,8 +87,8 @@ def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
         LlamaConfig,
     )
 
-    sizes = SIZE_PRESETS[llm] if llm else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                           "num_attention_heads": 4}
+    default = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    sizes = dict(llm) if isinstance(llm, dict) else SIZE_PRESETS[llm] if llm else default
     hidden = sizes["hidden_size"]
     text = LlamaConfig(
         vocab_size=len(tokenizer), num_key_value_heads=sizes["num_attention_heads"], max_position_embeddings=1024,
@@ -114,9 +115,13 @@ def tiny_config(tokenizer, vq_channels: int = 32, llm: str | None = None):
 # (24 layers, hidden 1024, 576 tokens) and VQ-16 tokenizer (codebook 16384). `mid` is a benchmark
 # model whose step is short enough on a CPU for the framework's own milliseconds to show: a
 # 512 x 4 LLM with the real vocabulary and heads, and one real-width SigLIP-L block at 384 px
-# (still 576 image tokens), so both image paths cost what they cost in Janus per token.
+# (still 576 image tokens), so both image paths cost what they cost in Janus per token. `narrow`
+# is the tiny model's LLM widened to 256 x 4 (head dim 64, as in Janus): with the tiny visual
+# paths and vocabulary, its steps on rows of thousands of tokens are the LLM's, attention included
+# (the packing benchmark, scripts/bench_packing.py).
 SIZE_PRESETS = {
     "mid": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8},
+    "narrow": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4},
     "janus-pro-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16},
     "janus-pro-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 30, "num_attention_heads": 32},
 }
@@ -160,14 +165,14 @@ def build_processor(tokenizer, image_size: int = IMAGE_SIZE, patch_size: int = P
 
 
 def build_tiny(output_dir: str | Path, fmt: str = "janus-pro", seed: int = 0, vq_channels: int = 32,
-               llm: str | None = None) -> Path:
+               llm: str | dict | None = None) -> Path:
     """Write a tiny random Janus checkpoint (config, safetensors, tokenizer, processor) to `output_dir`.
 
     `vq_channels` (a multiple of 32): the VQ decoder's width. At 32 every GroupNorm group holds one
     channel, which erases a channel's mean: every code decodes to nearly the same colour (image
     rewards cannot tell samples apart). At 128 random codes decode to visibly different colours,
     which is what a colour reward needs (`recipes/grpo_t2i.yaml`). `llm` (a `SIZE_PRESETS` name,
-    e.g. "mid") gives it a larger language model (see `tiny_config`)."""
+    e.g. "mid", or a dict of LlamaConfig sizes) gives it a larger language model (see `tiny_config`)."""
     from transformers import JanusForConditionalGeneration
 
     if fmt not in ("janus-pro", "janus"):
@@ -217,9 +222,3 @@ def tiny_path() -> Path:
         build_tiny(staged)
         publish(staged, target, keep_existing=True)
     return target
-
-
-def ensure_tiny(path: str | None) -> None:
-    """Build the tiny model when a command names it (`--model tiny`, `model.path: tiny`)."""
-    if path == "tiny":
-        tiny_path()

@@ -20,21 +20,14 @@ from pathlib import Path
 CHILD = r"""
 import json, statistics, sys, time
 from transformers import TrainerCallback
-from janus_ft.recipe import load_recipe
-from janus_ft.train import grpo_trainer
-from janus_ft.train.grpo import run_grpo
+import janus_ft
 
 times = []
 class Clock(TrainerCallback):
     def on_step_begin(self, *a, **k): self.t = time.perf_counter()
     def on_step_end(self, *a, **k): times.append(time.perf_counter() - self.t)
 
-init = grpo_trainer.GrpoTrainer.__init__
-def patched(self, *a, **k):
-    init(self, *a, **k)
-    self.add_callback(Clock())
-grpo_trainer.GrpoTrainer.__init__ = patched
-run_grpo(load_recipe(sys.argv[1], json.loads(sys.argv[2])))
+janus_ft.grpo(sys.argv[1], json.loads(sys.argv[2]), callbacks=[Clock()])
 rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print("RESULT", json.dumps({"step_s": statistics.median(times[1:]), "peak_rss_mib": rss / 1024}))
 """

@@ -22,10 +22,10 @@ def model_and_batches(world: int):
     from transformers import JanusForConditionalGeneration, JanusProcessor, set_seed
 
     from janus_ft.data.collate import collate
+    from janus_ft.data.dataset import build_datasets, read_sources
     from janus_ft.model.lora import apply_lora
     from janus_ft.recipe import load_recipe
     from janus_ft.tiny import tiny_path
-    from janus_ft.train.sft import build_datasets, read_sources
 
     recipe = load_recipe("recipes/demo.yaml", ["data.val=[]", "lora.dropout=0"])
     model = JanusForConditionalGeneration.from_pretrained(tiny_path())

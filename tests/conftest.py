@@ -90,3 +90,21 @@ def random_adapter(base_dir, components: list[str], out: Path, seed: int = 0) ->
                 param.normal_(0, 0.3)
     peft_model.save_pretrained(out)
     return out
+
+
+def tiny_reward_model(out: Path, seed: int = 0) -> Path:
+    """A 2-layer random Llama sequence-classification model (one label) with the tiny Janus
+    tokenizer (which has a chat template), saved offline: a reward model as TRL loads one."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from janus_ft.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=512,
+                         initializer_range=0.5)   # wide: random texts score visibly apart
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,9 +1,10 @@
 """The package's layering, checked on its source: every import (also those inside functions) names
 something that exists, no module imports one above its layer, nothing imports the command line,
-production code never builds the tiny model, and no import cycle exists.
+the library builds the tiny model only where a model path is resolved, and no import cycle exists.
 
 Layers, lowest first: facts and config (janus, errors, files, recipe) < data < model < infer <
-eval, export < train < bench, ui < cli. The tiny-model builder is for the command line and benchmarks.
+eval, export < train < bench, ui < cli, api. The tiny-model builder sits with the model layer: the loader
+builds it for `tiny`; the command line and benchmarks build sized variants.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "janus_ft"
 LAYERS = {
     "janus_ft.janus": 0, "janus_ft.errors": 0, "janus_ft.files": 0, "janus_ft.recipe": 0,
     "janus_ft.data": 1, "janus_ft.model": 2, "janus_ft.infer": 3, "janus_ft.eval": 4, "janus_ft.export": 4,
-    "janus_ft.train": 5, "janus_ft.bench": 6, "janus_ft.tiny": 6, "janus_ft.ui": 6, "janus_ft.cli": 7,
+    "janus_ft.train": 5, "janus_ft.bench": 6, "janus_ft.tiny": 2, "janus_ft.ui": 6, "janus_ft.cli": 7,
+    "janus_ft.api": 7,
 }
-TINY_USERS = ("janus_ft.cli", "janus_ft.bench")
+# `model.path: tiny` / `Janus.load("tiny")` build the tiny model where it is resolved; nothing else in
+# the library builds one.
+TINY_USERS = ("janus_ft.cli", "janus_ft.bench", "janus_ft.model.loading")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

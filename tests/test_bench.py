@@ -65,11 +65,24 @@ def test_bare_loop_trains_on_the_same_batches(report):
     assert bare["losses"] == pytest.approx(framework["losses"], rel=1e-4)
 
 
-def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch):
+@pytest.fixture()
+def clock(monkeypatch):
+    """`time.perf_counter` that `jump(seconds)` moves forward: time spent in a step, without sleeping
+    (a real sleep would have to outlast a step's time, which a loaded machine stretches)."""
+    offset, real = [0.0], time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + offset[0])
+
+    def jump(seconds: float) -> None:
+        offset[0] += seconds
+
+    return jump
+
+
+def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, monkeypatch, clock):
     """--interleave: a bare step right before or right after each janus-ft step, half the steps each
     way in a seeded order, each pair on the same batch; janus-ft's step time leaves the bare step out."""
-    from janus_ft.bench import loops, run
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.bench import interleave, loops
+    from janus_ft.train.base import JanusTrainer
 
     order, models = [], {}
     training_step, bare_step = JanusTrainer.training_step, loops.BareLoop.step
@@ -83,20 +96,20 @@ def test_interleaved_steps_take_turns_on_the_same_batches(tmp_path, tiny_dir, mo
         order.append("B")
         models["B"] = self.model
         bare_step(self)
-        time.sleep(0.3)   # work between janus-ft's steps that is not janus-ft's
+        clock(100)   # work between janus-ft's steps that is not janus-ft's
 
     monkeypatch.setattr(JanusTrainer, "training_step", janus)
     monkeypatch.setattr(loops.BareLoop, "step", bare)
     report = run_bench(tmp_path / "bench.json", "--interleave")
     # the demo accumulates 2 micro-batches a step; 1 warm-up + 2 measured steps (train.seed 42)
-    bare_first = [False] + run.pair_order(2, seed=42)
-    assert "".join(order) == "".join("BJJ" if first else "JJB" for first in bare_first)
-    assert [s["first"] for s in report["variants"][0]["rounds"][0]] == [
-        "bare" if first else "janus-ft" for first in bare_first[1:]]
+    orders = [["janus-ft", "bare"]] + interleave.turn_orders(["janus-ft", "bare"], 2, seed=42)
+    assert "".join(order) == "".join("BJJ" if o[0] == "bare" else "JJB" for o in orders)
+    assert [s["order"] for s in report["variants"][0]["rounds"][0]] == orders[1:]
+    assert {o[0] for o in orders[1:]} == {"bare", "janus-ft"}   # each goes first once
     framework, bare_result = report["variants"]
     assert report["interleaved"] and bare_result["totals"] == framework["totals"]
     assert bare_result["losses"] == pytest.approx(framework["losses"], rel=1e-4)
-    assert framework["median_step_time_s"] < 0.25   # the bare half's time is left out of janus-ft's step
+    assert framework["median_step_time_s"] < 50   # the bare half's time is left out of janus-ft's step
     # the two models share their frozen weights and nothing that trains
     ours, twin = dict(models["J"].named_parameters()), dict(models["B"].named_parameters())
     assert ours.keys() == twin.keys()
@@ -108,6 +121,84 @@ def test_interleave_is_refused_without_bare(tmp_path, tiny_dir, capsys):
     code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "--steps", "1",
                  "--compare", "checkpointing", "--interleave"])
     assert code == 2 and "--interleave" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("lora.r=4", "'lora.r=4' is neither bare, cache nor checkpointing, nor an override of how the same model "
+                 "trains on the same samples"),
+    ("bar", "'bar' is neither bare"),
+    ("data.packing=maybe", "data.packing"),
+])
+def test_a_variant_that_changes_the_model_or_data_is_refused(tmp_path, tiny_dir, capsys, variant, message):
+    code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "--steps", "1", "--compare", variant])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+PACKED = "data.packing=true"
+
+
+def test_an_override_variant_trains_the_same_samples_its_own_way(tmp_path, tiny_dir):
+    """--compare data.packing=true: the recipe packed, on the same samples; per-sample attention
+    keeps every loss what padding gives."""
+    code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "train.disable_tqdm=true", "--steps", "2",
+                 "--warmup", "1", "--compare", PACKED, "--in-process", "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    padded, packed = json.loads((tmp_path / "b.json").read_text())["variants"]
+    assert (padded["name"], packed["name"]) == ("janus-ft", PACKED)
+    assert packed["real_token_fraction"] == 1.0 > padded["real_token_fraction"]
+    for key in ("samples", "supervised_tokens", "real_tokens", "images", "flops"):
+        assert packed["totals"][key] == padded["totals"][key], key
+    assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-5)
+
+
+def test_janus_ft_variants_take_turns_step_by_step(tmp_path, tiny_dir, monkeypatch, clock):
+    """--interleave with an override variant and the bare loop: the variant is a second janus-ft
+    trainer (its own thread, its own attention) run one step at a time; the three take their steps
+    in the orders drawn, on the same batches, and each clock leaves the others' steps out."""
+    import threading
+
+    from janus_ft.bench import interleave, loops
+    from janus_ft.model.attention import PER_SAMPLE
+    from janus_ft.model.loss import core_model
+    from janus_ft.train.base import JanusTrainer
+
+    steps, attention = [], {}
+    training_step, bare_step = JanusTrainer.training_step, loops.BareLoop.step
+
+    def trainer_step(self, *args, **kwargs):
+        name = "J" if threading.current_thread() is threading.main_thread() else "P"
+        steps.append(name)
+        attention[name] = core_model(self.model).config.text_config._attn_implementation
+        out = training_step(self, *args, **kwargs)
+        if name == "P":
+            clock(50)   # two micro-batches a step: 100 s that are not janus-ft's
+        return out
+
+    def bare(self):
+        steps.append("B")
+        bare_step(self)
+        clock(100)
+
+    monkeypatch.setattr(JanusTrainer, "training_step", trainer_step)
+    monkeypatch.setattr(loops.BareLoop, "step", bare)
+    code = main(["bench", "--recipe", str(REPO / "recipes" / "demo.yaml"), "train.disable_tqdm=true", "--steps", "6",
+                 "--warmup", "1", "--compare", PACKED, "--compare", "bare", "--interleave", "--in-process",
+                 "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    names = ["janus-ft", PACKED, "bare"]
+    orders = [names] + interleave.turn_orders(names, 6, seed=42)
+    letter = {"janus-ft": "JJ", PACKED: "PP", "bare": "B"}   # 2 micro-batches a trainer step
+    assert "".join(steps) == "".join(letter[n] for order in orders for n in order)
+    assert attention == {"J": "sdpa", "P": PER_SAMPLE}
+    report = json.loads((tmp_path / "b.json").read_text())
+    base, packed, bare_result = report["variants"]
+    assert [v["name"] for v in report["variants"]] == names
+    assert [s["order"] for s in packed["rounds"][0]] == orders[1:]
+    assert packed["totals"]["samples"] == base["totals"]["samples"] == bare_result["totals"]["samples"]
+    assert packed["losses"] == pytest.approx(base["losses"], rel=1e-5)
+    assert bare_result["losses"] == pytest.approx(base["losses"], rel=1e-4)
+    assert base["median_step_time_s"] < 50 and bare_result["median_step_time_s"] < 50
+    assert packed["median_step_time_s"] > 100   # its own time is its own
 
 
 def test_model_flops_follow_the_formula(tiny_model):

@@ -13,8 +13,9 @@ from PIL import Image
 
 from janus_ft.cli import main
 from janus_ft.errors import UserError
+from janus_ft.infer.engine import Janus
 from janus_ft.infer.prompts import build_prompt
-from janus_ft.model.loading import adapter_base, load_for_inference
+from janus_ft.model.loading import adapter_base
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_templates" / "samples"
 IMAGE = SAMPLES / "images" / "shape_0049.png"
@@ -144,12 +145,13 @@ def test_chat_user_errors_exit_2(tiny_dir, tmp_path, capsys):
     assert "bad.jsonl:2: field 'response'" in capsys.readouterr().err
 
 
-def test_load_for_inference_prefers_adapter_processor(adapter):
+def test_janus_load_prefers_the_adapter_processor(adapter):
     from peft import PeftModel
 
-    model, processor = load_for_inference(None, adapter)
-    assert isinstance(model, PeftModel) and not model.training
-    assert processor.num_image_tokens == 16
+    janus = Janus.load(adapter=adapter)
+    assert isinstance(janus.model, PeftModel) and not janus.model.training
+    assert janus.active == adapter.name and janus.processor().num_image_tokens == 16
+    assert janus.processor() is not janus.processor("base")
 
 
 def test_batched_answers_equal_one_by_one(adapter):
@@ -158,7 +160,8 @@ def test_batched_answers_equal_one_by_one(adapter):
     from janus_ft.infer.chat import Decoding, answer, answer_batch
     from janus_ft.infer.prompts import prompt_record
 
-    model, processor = load_for_inference(None, adapter)
+    janus = Janus.load(adapter=adapter)
+    model, processor = janus.model, janus.processor()
     records = [prompt_record("hi"), prompt_record(QUESTION, 1), prompt_record("and 2 + 2?", history=[("1 + 1?", "2")]),
                prompt_record(f"<image>{QUESTION} And <image> this one?", 2)]
     records[1].images, records[3].images = [IMAGE], [IMAGE, SAMPLES / "images" / "shape_0001.png"]

@@ -68,7 +68,7 @@ def assert_same_adapter(a: Path, b: Path) -> None:
 def test_kill_during_checkpoint_write_keeps_previous_and_resumes_exactly(straight, tmp_path):
     out = tmp_path / "run"
     # Die like SIGKILL (no cleanup) after checkpoint-4's weights are written, before its optimizer state.
-    prelude = ("import os\nfrom janus_ft.train.trainer import JanusTrainer\n"
+    prelude = ("import os\nfrom janus_ft.train.base import JanusTrainer\n"
                "orig = JanusTrainer._save_optimizer_and_scheduler\n"
                "def dying(self, output_dir):\n"
                "    if self.state.global_step == 4: os._exit(137)\n"
@@ -129,7 +129,7 @@ def test_signal_saves_a_checkpoint_and_stops(tiny_dir, tmp_path, sig):
 
 def _poison(monkeypatch, task: str, call: int):
     """Make the `call`-th training loss non-finite for `task`."""
-    import janus_ft.train.trainer as trainer_module
+    import janus_ft.train.sft as trainer_module
     from janus_ft.janus import TASK_IDS
 
     task = TASK_IDS[task]
@@ -170,7 +170,7 @@ def test_nan_policy_skip_counts_and_keeps_weights_finite(tiny_dir, tmp_path, mon
 
 
 def test_disk_full_during_checkpoint_keeps_earlier_ones(tiny_dir, tmp_path, monkeypatch, capsys):
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.train.base import JanusTrainer
 
     out = tmp_path / "run"
     real = JanusTrainer._save_optimizer_and_scheduler

@@ -321,7 +321,7 @@ def test_existing_output_needs_overwrite(deepseek, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    with pytest.raises(UserError, match="--overwrite"):
+    with pytest.raises(UserError, match="pass overwrite=True to replace it"):   # the CLI says --overwrite
         convert_from_deepseek(deepseek, out)
     convert_from_deepseek(deepseek, out, overwrite=True)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
@@ -329,9 +329,9 @@ def test_existing_output_needs_overwrite(deepseek, tmp_path):
 
 
 def test_wrong_direction_is_explained(tiny, deepseek, tmp_path):
-    with pytest.raises(UserError, match="--to deepseek"):
+    with pytest.raises(UserError, match="convert it to DeepSeek's layout instead"):
         convert_from_deepseek(tiny, tmp_path / "a")
-    with pytest.raises(UserError, match="--from deepseek"):
+    with pytest.raises(UserError, match="convert it from DeepSeek's layout instead"):
         convert_to_deepseek(deepseek, tmp_path / "b")
     assert list(tmp_path.iterdir()) == []
 

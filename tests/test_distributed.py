@@ -24,7 +24,6 @@ from janus_ft.data.mixture import build_schedule
 from janus_ft.errors import RecipeError
 from janus_ft.recipe import TrainArgs, load_recipe
 
-pytestmark = pytest.mark.slow   # several processes per test: `-m 'not slow'` skips them locally
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "demo.yaml"
 STEPS = 4
@@ -64,10 +63,10 @@ def torchrun(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, str
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_dir):
     """The reference: one process, 4 samples per step."""
-    from janus_ft.train.sft import run_sft
+    import janus_ft
 
     out = tmp_path_factory.mktemp("single") / "run"
-    run_sft(load_recipe(DEMO, [*COMMON, "train.per_device_train_batch_size=4", f"output_dir={out}"]))
+    janus_ft.sft(load_recipe(DEMO, [*COMMON, "train.per_device_train_batch_size=4", f"output_dir={out}"]))
     return out
 
 
@@ -88,7 +87,7 @@ def assert_same_training(out: Path, single: Path) -> None:
     assert json.loads((out / "mixture.json").read_text()) == json.loads((single / "mixture.json").read_text())
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path, single):
     out, stdout = torchrun(tmp_path, "ddp", [])
     assert_same_training(out, single)
@@ -105,7 +104,7 @@ def test_two_ddp_processes_train_like_one_and_encode_the_vq_codes_once(tmp_path,
                         for h in said.values()), said
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_on_two_cpu_processes_trains_like_one(tmp_path, single, stage):
     need("deepspeed")
@@ -146,7 +145,7 @@ def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, 
         unset_hf_deepspeed_config,
     )
 
-    from janus_ft.train.sft import sft_config
+    from janus_ft.train.arguments import training_arguments
 
     monkeypatch.chdir(tmp_path)   # train.deepspeed is relative to the recipe file from anywhere
     recipe = load_recipe(DEMO, [f"train.deepspeed=deepspeed/{name}", "output_dir=o"])
@@ -156,7 +155,7 @@ def test_shipped_deepspeed_configs_take_their_batch_sizes_from_the_recipe(name, 
     assert "optimizer" not in config   # the Trainer's own AdamW: works on CPU and GPU alike
     try:
         hf = HfTrainerDeepSpeedConfig(config)
-        hf.trainer_config_process(sft_config(recipe, max_steps=10, has_eval=False))
+        hf.trainer_config_process(training_arguments(recipe, max_steps=10, has_eval=False))
         assert hf.config["train_micro_batch_size_per_gpu"] == recipe.train.per_device_train_batch_size
         assert hf.config["gradient_accumulation_steps"] == recipe.train.gradient_accumulation_steps
         assert hf.config["gradient_clipping"] == recipe.train.max_grad_norm
@@ -196,7 +195,10 @@ def test_fsdp_accelerate_config_wraps_janus_layers(tiny_model):
     assert wrapped == {"LlamaDecoderLayer", "JanusVisionEncoderLayer"}
 
 
-def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch):
+@pytest.mark.parametrize("recipe", ["demo.yaml", "dpo_mixed.yaml", "grpo_format.yaml"])
+def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch, recipe, tmp_path):
+    """Every method's arguments come from one builder: FSDP on CPU ranks is refused for each."""
+    from janus_ft.train.arguments import training_arguments
     from janus_ft.train.distributed import distributed_fields
 
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -204,7 +206,7 @@ def test_fsdp_on_cpu_ranks_is_refused_not_silently_ddp(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("GPU ranks run FSDP")
     with pytest.raises(RecipeError, match="FSDP needs GPUs"):
-        distributed_fields(TrainArgs())
+        training_arguments(load_recipe(REPO / "recipes" / recipe, [f"output_dir={tmp_path}"]), 2, False)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     with pytest.raises(RecipeError, match="FSDP needs GPUs"):
         distributed_fields(TrainArgs(extra={"fsdp": "full_shard"}))
@@ -253,7 +255,7 @@ elif hook == "probe_window":
 if hook == "kill_mid_save" and rank == "1":
     # Rank 1 dies by SIGKILL in the middle of checkpoint-4: rank 0 has written the adapter into
     # staging, rank 1's optimizer step and RNG state never come.
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.train.base import JanusTrainer
     real_save = JanusTrainer._save_optimizer_and_scheduler
 
     def save(self, output_dir):
@@ -300,7 +302,7 @@ def first_run(tmp_path_factory, tiny_dir) -> Path:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 def test_a_new_output_dir_is_judged_by_the_main_process_alone(first_run):
     names = sorted(p.name for p in first_run.iterdir())
     assert not [n for n in names if n.startswith(".")], names   # no probe, no staging left
@@ -308,7 +310,7 @@ def test_a_new_output_dir_is_judged_by_the_main_process_alone(first_run):
     assert all(complete(first_run / f"checkpoint-{step}") for step in (2, 4, 6))
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 def test_overwrite_replaces_an_earlier_run_with_the_same_result(first_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(first_run, out)
@@ -319,7 +321,7 @@ def test_overwrite_replaces_an_earlier_run_with_the_same_result(first_run, tmp_p
     assert_same_adapter(first_run, out)
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 def test_a_refused_output_dir_stops_every_rank_with_the_same_message(tmp_path, tiny_dir):
     out = tmp_path / "run"
     out.mkdir()
@@ -331,7 +333,7 @@ def test_a_refused_output_dir_stops_every_rank_with_the_same_message(tmp_path, t
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess   # launches two processes
 def test_sigkill_of_one_rank_ends_the_job_and_resume_gives_the_same_adapter(first_run, tmp_path):
     out = tmp_path / "run"
     run = launch(out, [], hook="kill_mid_save")
@@ -349,3 +351,16 @@ def test_sigkill_of_one_rank_ends_the_job_and_resume_gives_the_same_adapter(firs
     assert not (out / ".staging").exists()
     assert_same_adapter(first_run, out)
     assert_same_adapter(first_run / "checkpoint-4", out / "checkpoint-4")
+
+
+@pytest.mark.multiprocess   # launches two processes
+def test_a_data_error_on_the_main_process_stops_every_rank_with_the_same_message(tmp_path, tiny_dir):
+    """The main process prepares the data first while the others wait: a source it cannot read
+    stops it with exit code 2, and the others -- no longer left waiting at the barrier for it until
+    the launcher kills them -- meet the same source and stop with the same message and code."""
+    missing = tmp_path / "gone.jsonl"
+    run = launch(tmp_path / "run", [f"data.train=[{{path: {missing}}}]", "data.mix={}"])
+    errors = [line for line in run.stderr.splitlines() if line.startswith("janus-ft sft: error: ")]
+    assert len(errors) == 2 and len(set(errors)) == 1 and str(missing) in errors[0], run.stderr[-6000:]
+    assert run.stderr.count("exitcode  : 2") == 2 and "Signal 15" not in run.stderr, run.stderr[-6000:]
+    assert not (tmp_path / "run").exists()   # nothing written: the data is read before output_dir is claimed

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+import torch
+from conftest import need, write_jsonl
 
+import janus_ft
 from janus_ft.cli import main
 from janus_ft.recipe import load_recipe
-from janus_ft.train.grpo import run_grpo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
         f"model.path={colour_tiny}", f"output_dir={tmp_path / 'run'}", "train.max_steps=20", "train.eval_steps=20",
         "grpo.num_generations=16", "train.per_device_train_batch_size=32", "train.learning_rate=2e-2",
         "train.save_steps=100", "train.disable_tqdm=true", "grpo.num_generations_eval=4", "train.eval_images=4"])
-    history = run_grpo(recipe).log_history
+    history = janus_ft.grpo(recipe).log_history
     before, after = evals(history)[0], evals(history)[-1]
     print(f"held-out colour reward {before:.3f} -> {after:.3f}; train curve "
           f"{[round(e['reward'], 3) for e in history if 'reward' in e]}")
@@ -60,7 +61,7 @@ def test_t2i_colour_reward_rises_on_held_out_captions(colour_tiny, tmp_path):
 def test_understanding_exact_match_rises_from_the_base_value(tiny_dir, tmp_path):
     recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
         f"output_dir={tmp_path / 'run'}", "train.max_steps=12", "train.eval_steps=12", "train.disable_tqdm=true"])
-    history = run_grpo(recipe).log_history
+    history = janus_ft.grpo(recipe).log_history
     before, after = evals(history, "eval_rewards/exact_match")[0], evals(history, "eval_rewards/exact_match")[-1]
     print(f"held-out exact match {before:.3f} -> {after:.3f}")
     assert before < 0.02 and after > 0.15
@@ -110,7 +111,7 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
     args = [f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=4",
             "grpo.max_completion_length=2", "train.per_device_train_batch_size=8", "train.max_steps=4",
             "train.save_steps=2", "train.disable_tqdm=true", "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]"]
-    straight = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
+    straight = janus_ft.grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={tmp_path / 'a'}"]))
     out = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "janus_ft.cli", "grpo", "--recipe", str(REPO / "recipes/grpo_format.yaml"),
@@ -128,7 +129,7 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
         if late.name != "checkpoint-2":   # it may have got further before the kill: resume from 2
             import shutil
             shutil.rmtree(late)
-    resumed = run_grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={out}", "train.resume=true"]))
+    resumed = janus_ft.grpo(load_recipe(REPO / "recipes/grpo_format.yaml", args + [f"output_dir={out}", "train.resume=true"]))
     a = {e["step"]: e for e in straight.log_history if "reward" in e}
     b = {e["step"]: e for e in resumed.log_history if "reward" in e}
     assert sorted(b) == [1, 2, 3, 4] and json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
@@ -141,21 +142,25 @@ def test_resume_after_kill_continues_the_same_run(tiny_dir, tmp_path):
 @pytest.mark.parametrize("name", ["grpo_t2i.yaml", "grpo_format.yaml"])
 def test_grpo_recipes_map_to_training_arguments(name, tmp_path):
     from janus_ft.recipe.grpo import check_grpo
-    from janus_ft.train.grpo import grpo_arguments
+    from janus_ft.train.arguments import training_arguments
+    from janus_ft.train.grpo import prompts_per_micro_batch
 
     recipe = load_recipe(REPO / "recipes" / name, [f"output_dir={tmp_path}"])
     check_grpo(recipe.grpo, recipe.train.per_device_train_batch_size, 1, 1)
-    args = grpo_arguments(recipe, 5, has_eval=True)
+    args = training_arguments(recipe, 5, True, prompts_per_micro_batch(recipe))
     # The Trainer's batch is prompts: each brings num_generations completions.
     assert args.per_device_train_batch_size * recipe.grpo.num_generations == recipe.train.per_device_train_batch_size
     assert args.max_steps == 5 and args.eval_strategy == "steps" and recipe.grpo.rewards
 
 
-@pytest.mark.slow
-def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("launch", ["ddp", "zero2", "zero3"])
+def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path, launch):
     """Each rank samples its own prompts; the logged rewards are the step's, over every rank, as one
     process logs them. The reward here is a number each prompt carries (not the completion's), so
-    a step's mean depends only on which prompts it drew."""
+    a step's mean depends only on which prompts it drew. Under ZeRO-3 every rank samples from the
+    weights gathered for the rollout (ranks sampling different lengths would otherwise wait on
+    each other's shards)."""
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"query": f"Say {i}.", "v": i} for i in range(16)])
     (tmp_path / "value.py").write_text("def value(prompts, completions, v, **fields):\n"
                                        "    return [float(x) for x in v]\n")
@@ -163,9 +168,12 @@ def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
             "train.max_steps=3", "train.logging_steps=1", "train.disable_tqdm=true", "train.save_steps=1000",
             f"grpo.rewards=[{{fn: '{tmp_path / 'value.py'}:value'}}]"]
     recipe = str(REPO / "recipes/grpo_format.yaml")
-    one = run_grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
+    one = janus_ft.grpo(load_recipe(recipe, args + ["train.per_device_train_batch_size=8", f"output_dir={tmp_path / 'one'}"]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "janus_ft.cli",
            "grpo", "--recipe", recipe, *args, "train.per_device_train_batch_size=4", f"output_dir={tmp_path / 'two'}"]
+    if launch != "ddp":
+        need("deepspeed")
+        cmd.append(f"train.deepspeed={REPO / 'recipes/deepspeed' / launch}.json")
     run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     two = json.loads((tmp_path / "two/trainer_state.json").read_text())["log_history"]
@@ -173,3 +181,68 @@ def test_two_ranks_log_the_rewards_of_the_whole_step(tiny_dir, tmp_path):
     got = [e["reward"] for e in two if "reward" in e]
     assert len(got) == len(want) == 3 and len(set(want)) > 1
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def _poison_grpo(monkeypatch, call: int) -> list:
+    """Make the `call`-th GRPO loss non-finite (its micro-batch, not the sampling)."""
+    import janus_ft.train.grpo_trainer as trainer_module
+
+    real, calls = trainer_module.grpo_loss, []
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(len(calls) + 1)
+        if len(calls) == call:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "grpo_loss", poisoned)
+    return calls
+
+
+def _short_grpo(tmp_path, *extra):
+    data = prompts_file(tmp_path, n=8)
+    return load_recipe(REPO / "recipes/grpo_format.yaml", [
+        f"data.train=[{{path: {data}}}]", "data.val=[]", "grpo.num_generations=4", "grpo.max_completion_length=2",
+        "train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2", "train.max_steps=3",
+        "train.logging_steps=1", "train.save_steps=1000", "train.disable_tqdm=true", f"output_dir={tmp_path / 'run'}",
+        "grpo.rewards=[{fn: format, args: {pattern: '[a-z ]+'}}]", *extra])
+
+
+def test_nan_policy_skip_skips_a_non_finite_grpo_micro_batch_as_sft_does(tiny_dir, tmp_path, monkeypatch):
+    """The base trainer's NaN policy holds for GRPO: skip gives that micro-batch a zero loss, counted
+    in the log, and the adapter stays finite (before, GRPO raised whatever train.nan_policy said)."""
+    calls = _poison_grpo(monkeypatch, call=3)   # step 2's first micro-batch
+    result = janus_ft.grpo(_short_grpo(tmp_path, "train.nan_policy=skip"))
+    skipped = [(e["step"], e["skipped_batches"]) for e in result.log_history if "skipped_batches" in e]
+    assert len(calls) == 6 and skipped == [(2, 1)]
+    assert all(torch.isfinite(p).all() for n, p in result.model.named_parameters() if "lora_" in n)
+
+
+def test_nan_policy_stop_names_the_step(tiny_dir, tmp_path, monkeypatch):
+    from janus_ft.train.checkpoint import TrainingError
+
+    _poison_grpo(monkeypatch, call=3)
+    with pytest.raises(TrainingError, match="non-finite loss at step 2 in the GRPO loss: training stopped; no "
+                                            "checkpoint was written yet"):
+        janus_ft.grpo(_short_grpo(tmp_path))
+
+
+def test_grpo_sample_grids_land_in_tensorboard(tiny_dir, tmp_path):
+    """The base trainer publishes GRPO's evaluation grid as SFT's and DPO's: samples/step-N.png and
+    an image in the event file the scalars go to."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    captions = write_jsonl(tmp_path / "captions.jsonl", [{"query": c, "task": "generation"}
+                                                         for c in ("a red square", "a blue circle")])
+    recipe = load_recipe(REPO / "recipes/grpo_format.yaml", [
+        f"data.train=[{{path: {captions}}}]", f"data.val=[{{path: {captions}}}]", "grpo.num_generations=2",
+        "grpo.rewards=[{fn: colour}]", "train.per_device_train_batch_size=2",
+        "train.max_steps=2", "train.eval_steps=2", "train.eval_on_start=true", "train.eval_images=2",
+        "train.report_to=[tensorboard]", "train.disable_tqdm=true", f"output_dir={tmp_path / 'run'}"])
+    janus_ft.grpo(recipe)
+    assert sorted(p.name for p in (tmp_path / "run/samples").iterdir()) == ["step-0.png", "step-2.png"]
+    run_dir, = (tmp_path / "run").glob("runs/*")
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Images("eval/samples")] == [0, 2]
+    assert "eval/reward" in events.Tags()["scalars"]

@@ -88,3 +88,16 @@ def test_beta_zero_has_no_kl_and_on_policy_gradient_is_advantage_weighted():
     tokens = [sum(m) for m in MASK]
     expected = [[-adv[i].item() / (tokens[i] * 4) * MASK[i][t] for t in range(3)] for i in range(4)]
     assert logps.grad.tolist() == [pytest.approx(r, abs=1e-12) for r in expected]
+
+
+def test_a_none_reward_is_left_out_of_its_group_as_trl_does():
+    """NaN (every reward returned None for that completion): out of the group's mean and std, its
+    own advantage 0; a group left with one scored completion has no std, so 0 there too."""
+    nan = float("nan")
+    rewards = [1.0, nan, 0.0, 4.0, 2.0, 3.0, 5.0, nan, nan]
+    got = group_advantages(torch.tensor(rewards), 3).tolist()
+    want = hand_advantages([1.0, 0.0], 2)[:1] + [0.0] + hand_advantages([1.0, 0.0], 2)[1:] \
+        + hand_advantages([4.0, 2.0, 3.0], 3) + [0.0, 0.0, 0.0]
+    assert got == pytest.approx(want, abs=1e-6)
+    centred = group_advantages(torch.tensor(rewards), 3, scale="none").tolist()
+    assert centred == pytest.approx([0.5, 0.0, -0.5, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0])

@@ -224,8 +224,8 @@ def gradients(model, method, batch, chunk_size):
     kept = []
 
     def keep(module, args, kwargs, output):
-        output.hidden_states[-1].retain_grad()
-        kept.append(output.hidden_states[-1])
+        output.last_hidden_state.retain_grad()
+        kept.append(output.last_hidden_state)
 
     hook = core_model(model).model.language_model.register_forward_hook(keep, with_kwargs=True)
     try:

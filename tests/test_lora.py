@@ -12,7 +12,7 @@ from janus_ft.janus import COMPONENT_PATHS
 from janus_ft.model.lora import apply_lora, trainable_table
 from janus_ft.model.loss import compute_loss_parts, core_model
 from janus_ft.recipe import LoraArgs, load_recipe
-from janus_ft.train.sft import sft_config
+from janus_ft.train.arguments import training_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,11 +127,11 @@ def step_gradients(model, batch, watched, input_grad=True) -> tuple[dict, list[t
 
 
 def checkpoint_like_the_trainer(model, recipe_overrides, tmp_path, reentrant: bool) -> None:
-    """Gradient checkpointing switched on with the arguments sft_config gives the Trainer, the way
+    """Gradient checkpointing switched on with the arguments training_arguments gives the Trainer, the way
     the Trainer does it, plus TRL's input hook for PEFT models."""
     recipe = load_recipe(REPO / "recipes/demo.yaml", ["train.gradient_checkpointing=true", f"output_dir={tmp_path}",
                                                       *recipe_overrides])
-    config = sft_config(recipe, max_steps=1, has_eval=False)
+    config = training_arguments(recipe, max_steps=1, has_eval=False)
     assert config.activation_checkpointing and config.activation_checkpointing_kwargs == {"use_reentrant": False}
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     model.enable_input_require_grads()

@@ -30,6 +30,7 @@ def samples(tmp_path, tiny_processor):
         {"query": "What is 7 + 7?", "response": "14"},
         {"query": "a red circle", "response": "<image>", "images": ["2.png"]},
         {"query": "<image>Describe the picture.", "response": "A dog.", "images": ["2.png"], "system": ""},
+        {"query": "<image>Make it red.", "response": "<image>", "images": ["0.png", "2.png"]},   # an edit
     ]
     records = [parse_record(o, tmp_path / "d.jsonl", i + 1) for i, o in enumerate(objs)]
     codes = {str(tmp_path / "2.png"): [(7 * i) % 256 for i in range(tiny_processor.num_image_tokens)]}

@@ -92,10 +92,10 @@ def test_sft_trains_and_the_adapter_loads_with_plain_peft(tiny_dir, tiny_process
     from peft import PeftModel
     from transformers import BitsAndBytesConfig, JanusForConditionalGeneration
 
-    from janus_ft.train.sft import run_sft
+    import janus_ft
 
     extra = ["train.gradient_checkpointing=true"] if quantization == "4bit" else []
-    result = run_sft(sft_recipe(tmp_path / "run", quantization, extra))
+    result = janus_ft.sft(sft_recipe(tmp_path / "run", quantization, extra))
     losses = [e["loss"] for e in result.log_history if "loss" in e]
     print(f"{quantization} QLoRA losses: {[round(x, 3) for x in losses]}")
     assert losses[-1] < losses[0]
@@ -129,8 +129,8 @@ def test_modules_to_save_train_in_fp32_on_a_quantized_base(tiny_dir, tmp_path):
     from janus_ft.data.collate import JanusCollator
     from janus_ft.data.dataset import build_datasets, read_sources
     from janus_ft.data.mixture import MixtureDataset
-    from janus_ft.train.sft import sft_config
-    from janus_ft.train.trainer import JanusTrainer
+    from janus_ft.train.arguments import training_arguments
+    from janus_ft.train.sft import SftTrainer
 
     recipe = sft_recipe(tmp_path / "run", "4bit", ["lora.targets=[llm]", "lora.modules_to_save=[aligner]",
                                                     "data.mix={understanding: 1}", "train.max_steps=3"])
@@ -139,7 +139,7 @@ def test_modules_to_save_train_in_fp32_on_a_quantized_base(tiny_dir, tmp_path):
     datasets = build_datasets(records, model, processor, recipe, "janus-pro")
     model = apply_lora(model, recipe.lora)
     mixture = MixtureDataset(datasets, recipe.data.mix, 4, 3, seed=0)
-    trainer = JanusTrainer(model=model, args=sft_config(recipe, 3, False), train_dataset=mixture.as_hf_dataset(),
+    trainer = SftTrainer(model=model, args=training_arguments(recipe, 3, False), train_dataset=mixture.as_hf_dataset(),
                            processing_class=processor, data_collator=JanusCollator(processor.tokenizer.pad_token_id))
     train_in_fp32(trainer.model)
     saved = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "modules_to_save" in n}

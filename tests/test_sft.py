@@ -56,8 +56,8 @@ def accuracy(model, processor, val_path):
 def trained(shapes, tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("run") / "shapes"
     train, _ = shapes
+    import janus_ft
     from janus_ft.recipe import load_recipe
-    from janus_ft.train.sft import run_sft
     recipe = load_recipe(None, [
         f"data.train=[{{path: {train}}}]", "data.mix={understanding: 1}", f"output_dir={out}",
         "lora.targets=[llm]", "lora.modules_to_save=[aligner]", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0",
@@ -67,7 +67,7 @@ def trained(shapes, tmp_path_factory, tiny_dir):
         "train.max_steps=150", "train.learning_rate=5e-3", "train.per_device_train_batch_size=8",
         "train.lr_scheduler_type=constant", "train.save_steps=75", "train.logging_steps=5",
         "train.disable_tqdm=true", "data.max_length=256"])
-    return run_sft(recipe)
+    return janus_ft.sft(recipe)
 
 
 def test_learns_a_task_that_needs_the_image(trained, shapes, tiny_model, tiny_processor):
@@ -155,7 +155,7 @@ def test_demo_recipe_end_to_end(tmp_path, capsys):
     assert "janus-ft: 6 steps in " in console and "janus-ft: adapter, processor, recipe.yaml" in console
     assert "[RANK" not in console
     mixture = json.loads((out / "mixture.json").read_text())
-    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24}
+    assert mixture["consumed"] == {"understanding": 30, "text": 6, "generation": 24, "edit": 0}
     assert not list(out.glob("checkpoint-*"))   # save_steps beyond max_steps: the final adapter only
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
     keys = set().union(*log)
@@ -206,12 +206,12 @@ def subjects(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_generation(subjects, tmp_path_factory):
+    import janus_ft
     from janus_ft.recipe import load_recipe
-    from janus_ft.train.sft import run_sft
 
     train, _ = subjects
     out = tmp_path_factory.mktemp("run") / "t2i"
-    return run_sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
+    return janus_ft.sft(load_recipe(REPO / "recipes/t2i_lora.yaml", [
         "model.path=tiny", "model.dtype=float32", f"data.train=[{{path: {train}}}]", f"output_dir={out}",
         "data.max_length=256", "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "lora.targets=[llm, gen_aligner]",
         "lora.modules_to_save=[gen_head]", "train.max_steps=150", "train.learning_rate=5e-3",

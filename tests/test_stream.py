@@ -90,4 +90,4 @@ def test_sft_streams_and_a_resume_equals_the_straight_run(stream_file, tmp_path,
     resumed = run(tmp_path / "b", 4, resume=True)
     assert resumed[-2:] == pytest.approx(straight[-2:], rel=1e-5)
     assert json.loads((tmp_path / "a" / "mixture.json").read_text())["consumed"] == {
-        "understanding": 4, "text": 12, "generation": 0}
+        "understanding": 4, "text": 12, "generation": 0, "edit": 0}

@@ -157,6 +157,23 @@ def test_generate_shows_n_images_equal_to_janus_ft_generate(page, tiny_dir, diff
         assert list(image.getdata()) == list(Image.open(tmp_path / f"{i}.png").convert("RGB").getdata()), i
 
 
+def test_an_uploaded_source_image_is_edited_as_janus_ft_generate_image_edits_it(page, tiny_dir, differ, tmp_path):
+    instruction, n, seed = "Make the shape red.", 2, 5
+    assert main(["generate", "--model", str(tiny_dir), "--adapter", str(differ), "--image", str(IMAGE),
+                 "--prompt", instruction, "--n", str(n), "--seed", str(seed), "--output", str(tmp_path)]) == 0
+
+    open_tab(page, "Text to image")
+    page.locator("#gen-sources input[type=file]").set_input_files(str(IMAGE))
+    page.fill("#gen-caption textarea", instruction)
+    set_number(page, "#gen-n", n)
+    set_number(page, "#gen-seed", seed)
+    page.click("#gen-go")
+    shown = gallery_images(page, "#gen-gallery", n)
+    page.screenshot(path=str(ARTIFACTS / "edit.png"))
+    for i, image in enumerate(shown):
+        assert list(image.getdata()) == list(Image.open(tmp_path / f"{i}.png").convert("RGB").getdata()), i
+
+
 def test_side_by_side_base_and_adapters_answer_differently_on_one_base(page, server, tiny_base):
     from janus_ft.infer.chat import Decoding, answer
     from janus_ft.infer.prompts import prompt_record, resolve_format

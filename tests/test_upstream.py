@@ -19,11 +19,11 @@ def test_trainer_checkpoint_hooks():
     assert "_get_output_dir" in inspect.getsource(Trainer._save_checkpoint)
 
 
-def test_trl_metric_store():
-    from trl import SFTTrainer
+def test_trl_generation_unwrap():
+    from trl.models.utils import unwrap_model_for_generation
 
-    assert "self._metrics = " in inspect.getsource(SFTTrainer.__init__), "SFTTrainer no longer has _metrics"
-    assert "self._metrics[mode]" in inspect.getsource(SFTTrainer.log), "SFTTrainer.log no longer logs _metrics"
+    assert _params(unwrap_model_for_generation)[:3] == ["model", "accelerator", "gather_deepspeed3_params"]
+    assert "gradient_checkpointing_kwargs" in _params(unwrap_model_for_generation)
 
 
 def test_accelerate_state_reset():
@@ -32,9 +32,12 @@ def test_accelerate_state_reset():
     assert "reset_partial_state" in _params(AcceleratorState._reset_state)
 
 
-def test_janus_trainer_uses_the_atomic_checkpoints():
-    from janus_ft.train.trainer import JanusTrainer
+def test_every_trainer_uses_the_atomic_checkpoints():
+    from janus_ft.train.dpo import DpoTrainer
+    from janus_ft.train.grpo_trainer import GrpoTrainer
+    from janus_ft.train.sft import SftTrainer
     from janus_ft.train.upstream import AtomicCheckpoints
 
-    assert JanusTrainer._save_checkpoint is AtomicCheckpoints._save_checkpoint
-    assert JanusTrainer._get_output_dir is AtomicCheckpoints._get_output_dir
+    for trainer in (SftTrainer, DpoTrainer, GrpoTrainer):
+        assert trainer._save_checkpoint is AtomicCheckpoints._save_checkpoint
+        assert trainer._get_output_dir is AtomicCheckpoints._get_output_dir

@@ -1,10 +1,13 @@
 """The loops `janus-ft bench` times, on the same batches: janus_ft's trainer with a stopwatch on
-its stages, and a plain PyTorch loop (AdamW, same model, LoRA, collator and loss) that can take
-turns with it step by step (`--interleave`); and the VQ re-encoding the code cache saves."""
+its stages, a plain PyTorch loop (AdamW, same model, LoRA, collator and loss), either of which can
+take turns with the trainer step by step (`--interleave`: the bare loop's `step`, or another
+trainer run a step at a time by `TrainerTurns`); and the VQ re-encoding the code cache saves."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 
 import torch
 
@@ -14,10 +17,10 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
     called at each step's begin (True) and end (False); it must charge its own time off `timer`."""
     from transformers import TrainerCallback
 
-    from ..train.trainer import JanusTrainer
+    from ..train.sft import SftTrainer
 
-    class TimedTrainer(JanusTrainer):
-        """JanusTrainer with a stopwatch on its data, forward and backward stages."""
+    class TimedTrainer(SftTrainer):
+        """janus_ft's SFT trainer with a stopwatch on its data, forward and backward stages."""
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             with timer.part("data"):
@@ -66,6 +69,54 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
     trainer.train()
 
 
+class TrainerTurns:
+    """A second trainer that trains one optimizer step per `step()` call, while the caller waits.
+
+    `run(between)` runs a whole training (`trainer_loop`) and calls `between(before_step, step)` at
+    each step's begin and end; here it runs in a thread that hands the turn back at every step's
+    end, so exactly one of the two trainers computes at any time: the other's step stays out of
+    this one's clock (`timer`), wall and CPU time alike (the process's CPU time counts both
+    threads). `finish()` lets the training end after its last step."""
+
+    def __init__(self, run, timer):
+        self.timer, self.error, self.started = timer, None, False
+        self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
+        self.thread = threading.Thread(target=self._train, args=(run,), daemon=True)
+
+    def _train(self, run) -> None:
+        self._go.acquire()
+        try:
+            run(self._between)
+        except BaseException as err:   # re-raised in the caller's thread
+            self.error = err
+        finally:
+            self._paused.release()
+
+    def _between(self, before_step: bool, step: int) -> None:
+        if before_step:
+            return
+        wall, cpu = self.timer.now(), time.process_time()
+        self._paused.release()
+        self._go.acquire()
+        self.timer.exclude(self.timer.now() - wall, time.process_time() - cpu)
+
+    def step(self) -> None:
+        if not self.started:
+            self.started = True
+            self.thread.start()
+        self._go.release()
+        self._paused.acquire()
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        if self.started and self.thread.is_alive():
+            self._go.release()
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class BareLoop:
     """The same training with nothing but PyTorch: what the framework is measured against. Built
     once, then `step()` runs one optimizer step (so it can also take turns with the trainer)."""
@@ -82,7 +133,7 @@ class BareLoop:
         if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
             model.to(self.device)
         model.train()
-        if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see sft_config)
+        if args.activation_checkpointing:   # as the Trainer does it (non-reentrant: see train.arguments)
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
         loader = torch.utils.data.DataLoader(
             mixture, batch_size=args.per_device_train_batch_size, collate_fn=collator,
@@ -91,7 +142,7 @@ class BareLoop:
         self.optimizer = torch.optim.AdamW(self.params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                            eps=args.adam_epsilon, weight_decay=args.weight_decay,
                                            fused="fused" in str(args.optim))
-        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.warmup_steps, n_steps)
+        self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.get_warmup_steps(n_steps), n_steps)
         self.autocast = ((lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if args.bf16
                          else contextlib.nullcontext)
         self.batches = iter(loader)

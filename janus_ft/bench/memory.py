@@ -210,6 +210,8 @@ def measure_step(model, batch: dict, head_chunk_size: int, autocast_dtype, learn
     """One training step (forward, backward, AdamW) under `TensorMemory`: bytes held before it by
     the weights and by the trainable weights with their optimizer state, the step's peak on top of
     them split by kind, and the process's own peak."""
+    from accelerate.utils import send_to_device
+
     from ..model.loss import compute_loss_parts, core_model
     from .throughput import PeakMemory
 
@@ -226,7 +228,7 @@ def measure_step(model, batch: dict, head_chunk_size: int, autocast_dtype, learn
     heads = [p for head in (core.lm_head, core.model.generation_head) for p in head.parameters()]
     tracker = TensorMemory({core.config.text_config.vocab_size, core.config.vq_config.num_embeddings}, heads)
     hooks = tracker.track_gradients(params)
-    batch = {k: (v.to(device) if torch.is_tensor(v) else {n: t.to(device) for n, t in v.items()}) for k, v in batch.items()}
+    batch = send_to_device(batch, device)   # tensors, the loss plan's, and a packed batch's max_length as is
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     process = PeakMemory(device)
     with tracker:
@@ -254,7 +256,6 @@ def memory_benchmark(args) -> dict:
     from pathlib import Path
 
     from ..recipe import load_recipe
-    from ..tiny import ensure_tiny
     from .random_model import random_model_path
     from .run import command_line, machine
 
@@ -263,7 +264,6 @@ def memory_benchmark(args) -> dict:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.random_model:
         recipe.model.path = str(random_model_path(args.random_model))
-    ensure_tiny(recipe.model.path)
     model, processor = prepare_model(recipe)
     config = model.config
     rows = recipe.train.per_device_train_batch_size

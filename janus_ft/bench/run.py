@@ -4,30 +4,33 @@ time and memory go.
 Runs warm-up + N optimizer steps of the recipe with the real trainer and reports samples/s,
 supervised tokens/s, the real-token fraction of batches, peak memory (RSS on CPU, allocated on
 GPU), the step time split into data / forward / backward / optimizer, and MFU (model FLOPs per
-second, `janus_ft.throughput`, over a matmul timed on the same device in the same dtype).
+second, `janus_ft.bench.throughput`, over a matmul timed on the same device in the same dtype).
 `--compare` adds variants on the same batches, side by side:
 
     bare           a plain PyTorch loop (AdamW, same model, LoRA, collator and loss)
     cache          generation targets re-encoded by the VQ encoder every step vs the code cache
     checkpointing  gradient checkpointing on vs off (peak memory)
+    "KEY=VALUE .."  the recipe with these overrides: how the same model trains on the same samples
+                   (train.*, data.packing, data.packed_attention, data.group_by_length, model.compile),
+                   e.g. --compare data.packing=true --compare "data.packing=true data.packed_attention=mask"
 
 Timing wraps the trainer's own stages (a subclass hook per stage, plus callbacks), with a device
 synchronisation at each boundary so GPU work is charged to the stage that launched it.
 
-`--interleave` (with `--compare bare` only) runs janus-ft and the bare loop in one process, one
-step each in turn, on two copies of the model sharing their frozen weights: janus-ft step k and
-bare step k train on batch k seconds apart, so a machine whose speed drifts between processes or
+`--interleave` (with `--compare bare` and / or override variants) runs janus-ft and the variants in
+one process, one step each in turn, on copies of the model sharing their frozen weights: step k of
+every variant trains on batch k seconds apart, so a machine whose speed drifts between processes or
 over minutes (a shared cloud host: the same run's median step moved by a third between processes
-on an idle 2-core VM) shifts both halves of a pair alike. Which half goes first is drawn per step
-(half each way, seeded), and the ratio averages the two orders (`throughput.speed_vs`). The ratio is
-then the framework's cost alone, to within the step-to-step noise. Peak memory is the shared
-process's, so not per variant.
+on an idle 2-core VM) shifts them all alike. A janus-ft variant is a second trainer run one step at
+a time (`loops.TrainerTurns`). The order of the variants is drawn per step (`turn_orders`: seeded,
+each variant before and after each other one equally often), and a ratio averages the two orders
+of its pair (`throughput.speed_vs`). Against the bare loop the ratio is then the framework's cost
+alone, to within the step-to-step noise. Peak memory is the shared process's, so not per variant.
 """
 
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import os
@@ -36,54 +39,56 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from .interleave import bench_interleaved
 from .random_model import random_model_path
+from .setup import BASELINE, Setup, compute_dtype, prepare, release_memory
 
-BASELINE = "janus-ft"
-INTERLEAVED = "janus-ft+bare"   # a child process's --variant under --interleave
+INTERLEAVED = "interleaved"   # a child process's --variant under --interleave
 COMPARISONS = {"bare": "bare", "cache": "reencode", "checkpointing": "checkpointing"}
+# What an override variant may change: how the same model trains on the same samples (the model,
+# its LoRA and the datasets are built once for every variant).
+VARIANT_KEYS = ("train.", "data.packing", "data.packed_attention", "data.group_by_length", "model.compile")
 
 
 def benchmark(args) -> dict:
     """Run the variants `args` names (from `janus-ft bench`) and return the report."""
     from ..errors import RecipeError
-    from ..recipe import load_recipe
 
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         raise RecipeError("--steps and --rounds must be >= 1, --warmup >= 0")
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.random_model:
-        recipe.model.path = str(random_model_path(args.random_model))
-    from ..tiny import ensure_tiny
-    ensure_tiny(recipe.model.path)
     variants = variant_names(args.compare)
-    if args.interleave and variants != [BASELINE, "bare"]:
-        raise RecipeError("--interleave pairs janus-ft with the bare loop: use it with --compare bare alone")
+    recipes = {name: variant_recipe(args, name) for name in variants if name not in COMPARISONS.values()}
+    recipe = recipes[BASELINE]
+    if args.interleave and (len(variants) < 2 or set(variants) & {"reencode", "checkpointing"}):
+        raise RecipeError("--interleave runs variants that take turns step by step in one process: give it "
+                          "--compare bare and / or override variants (--compare KEY=VALUE), not cache or checkpointing")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(recipe)
     from .throughput import peak_matmul_flops, speed_vs
     peak = args.peak_flops or peak_matmul_flops(device, dtype)
-    if args.variant:   # a child process of the loop below: one variant, or one interleaved pair
+    if args.variant:   # a child process of the loop below: one variant, or the interleaved ones
         variants = variants if args.variant == INTERLEAVED else [args.variant]
-        setup = Setup(recipe)
-        runs = (bench_interleaved(recipe, setup, args.steps, args.warmup, peak) if args.variant == INTERLEAVED
-                else [bench_variant(recipe, args.variant, setup, args.steps, args.warmup, peak)])
-    elif args.interleave:   # each round one process holding both, a fresh process per round
+        own = recipe if args.variant in (INTERLEAVED, *COMPARISONS.values()) else variant_recipe(args, args.variant)
+        setup = Setup(own)
+        runs = (bench_interleaved(recipes, variants, setup, args.steps, args.warmup, peak) if args.variant == INTERLEAVED
+                else [bench_variant(own, args.variant, setup, args.steps, args.warmup, peak)])
+    elif args.interleave:   # each round one process holding them all, a fresh process per round
         setup = Setup(recipe) if args.in_process else None
         runs = [run for _ in range(args.rounds)
-                for run in (bench_interleaved(recipe, setup, args.steps, args.warmup, peak) if args.in_process
-                            else run_child(args, INTERLEAVED, peak))]
+                for run in (bench_interleaved(recipes, variants, setup, args.steps, args.warmup, peak)
+                            if args.in_process else run_child(args, INTERLEAVED, peak))]
     else:
         order = [name for r in range(args.rounds) for name in (variants if r % 2 == 0 else variants[::-1])]
         if len(variants) > 1 and not args.in_process:
             runs = [run for name in order for run in run_child(args, name, peak)]
         else:
             setup = Setup(recipe)
-            runs = [bench_variant(recipe, name, setup, args.steps, args.warmup, peak) for name in order]
+            runs = [bench_variant(recipes.get(name, recipe), name, setup, args.steps, args.warmup, peak)
+                    for name in order]
     if not args.peak_flops:   # a busy machine lowers one reading: keep the better of before and after
         peak = max(peak, peak_matmul_flops(device, dtype))
     results = [merge_rounds([r for r in runs if r["name"] == name], peak) for name in variants]
@@ -100,43 +105,37 @@ def benchmark(args) -> dict:
 
 
 def variant_names(compare: list[str]) -> list[str]:
+    """The baseline, then each `--compare` once: a named comparison, or an override variant named by
+    its overrides (spaces between them).
+
+    >>> variant_names(["bare", "data.packing=true", "bare", "data.packing=true  model.compile=true"])
+    ['janus-ft', 'bare', 'data.packing=true', 'data.packing=true model.compile=true']
+    """
     names = [BASELINE]
     for c in compare:
-        if COMPARISONS[c] not in names:
-            names.append(COMPARISONS[c])
+        name = COMPARISONS.get(c) or " ".join(shlex.split(c))
+        if name not in names:
+            names.append(name)
     return names
 
 
-def compute_dtype(recipe) -> torch.dtype:
-    """The dtype matmuls run in: the weights' (bf16 on a GPU also under autocast; 4-bit weights are
-    dequantized to it)."""
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.model.dtype, torch.float32)
+def variant_recipe(args, name: str):
+    """The recipe of the baseline or of an override variant: `--recipe` with its overrides, then the
+    variant's, which may only change how the same model trains on the same samples."""
+    from ..errors import RecipeError
+    from ..recipe import load_recipe
 
-
-class Setup:
-    """What every variant shares: validated records and per-task datasets (VQ codes cached), built
-    with the first loaded model, which the first variant then trains."""
-
-    def __init__(self, recipe):
-        from ..data.conversation import detect_format
-        from ..data.dataset import build_datasets, require_tasks
-        from ..model.loading import load_model_and_processor, load_processor
-        from ..train.sft import read_data
-
-        processor = load_processor(recipe.model.path)
-        fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
-        records, _ = read_data(recipe, processor, fmt)
-        self.model, self.processor = load_model_and_processor(recipe.model)
-        if torch.cuda.is_available() and not getattr(self.model, "hf_device_map", None):
-            self.model.to("cuda")   # VQ-encode the generation targets on the GPU, not the CPU
-        self.train_sets = build_datasets(records, self.model, self.processor, recipe, fmt)
-        require_tasks(self.train_sets, recipe.data.mix)
-
-    def take_model(self, recipe):
-        from ..model.loading import load_model_and_processor
-
-        model, self.model = self.model, None
-        return model if model is not None else load_model_and_processor(recipe.model)[0]
+    extra = [] if name == BASELINE else shlex.split(name)
+    for override in extra:
+        key = override.split("=", 1)[0]
+        if "=" not in override or not key.startswith(VARIANT_KEYS):
+            raise RecipeError(f"bench --compare {name!r}: {override!r} is neither bare, cache nor checkpointing, "
+                              f"nor an override of how the same model trains on the same samples ({', '.join(VARIANT_KEYS)}); "
+                              "a different model or data is a run of its own")
+    recipe = load_recipe(args.recipe, [*args.overrides, *extra])
+    if args.random_model:
+        recipe.model.path = str(random_model_path(args.random_model))
+    return recipe
 
 
 def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak: float) -> dict:
@@ -164,89 +163,6 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
     return result
 
 
-def bench_interleaved(recipe, setup: Setup | None, steps: int, warmup: int, peak: float) -> list[dict]:
-    """janus-ft and the bare loop in this process, a step of each in turn on the same batch (see
-    the module docstring): bare step k runs right before or right after janus-ft step k
-    (`pair_order`), and its time is taken out of janus-ft's step."""
-    from .loops import BareLoop, trainer_loop
-    from .throughput import FlopModel, PeakMemory, StepTimer, summarize
-
-    setup = setup or Setup(recipe)
-    recipe = copy.deepcopy(recipe)
-    n_steps = warmup + steps
-    with tempfile.TemporaryDirectory(prefix="janus-ft-bench-") as out:
-        recipe.output_dir = out
-        model, mixture, collator, args, timer = prepare(recipe, setup, n_steps)
-        # The bare loop's model: its own trainable weights (the same initial values), the frozen
-        # ones shared -- they never change, and one copy of them keeps a 1B pair within memory
-        # and puts both halves on the very same weights in the caches.
-        frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
-        twin = copy.deepcopy(model, memo=frozen)
-        bare_timer = StepTimer(FlopModel.of(twin), args.device)
-        memory = PeakMemory(args.device)
-        bare = BareLoop(twin, mixture, collator, args, n_steps, bare_timer)
-        bare_first = [False] * warmup + pair_order(steps, recipe.train.seed)   # measured steps: half each way
-
-        def between(before_step: bool, step: int) -> None:
-            if before_step == bare_first[step]:
-                wall, cpu = timer.now(), time.process_time()
-                bare.step()
-                timer.exclude(timer.now() - wall, time.process_time() - cpu)
-
-        trainer_loop(model, mixture, collator, args, setup.processor, timer, between=between)
-        for t in (timer, bare_timer):
-            for step, entry in enumerate(t.steps):
-                entry["first"] = "bare" if bare_first[step] else BASELINE
-        shared = memory.read()
-        results = [summarize(name, t.steps[warmup:], peak, shared) for name, t in ((BASELINE, timer), ("bare", bare_timer))]
-    del model, twin
-    bare = None   # the closure's loop holds the twin: let both go before collecting
-    release_memory()
-    return results
-
-
-def pair_order(n_steps: int, seed: int) -> list[bool]:
-    """Whether the bare step goes first, per step: half the steps each way, in a seeded random
-    order, so no periodic pattern of the data (a 1:1 mix at batch 1 alternates tasks every step)
-    always meets the same order.
-
-    >>> order = pair_order(10, seed=0)
-    >>> sum(order), len(order), order == pair_order(10, seed=0)
-    (5, 10, True)
-    """
-    import random
-
-    order = [True] * (n_steps // 2) + [False] * (n_steps - n_steps // 2)
-    random.Random(seed).shuffle(order)
-    return order
-
-
-def prepare(recipe, setup: Setup, n_steps: int):
-    """A model with LoRA (the same initialisation every time), the mixture, collator, training
-    arguments and a step timer: what either loop needs."""
-    from ..data.collate import JanusCollator
-    from ..model.lora import apply_lora
-    from ..train.sft import sft_config, training_schedule
-    from .throughput import FlopModel, StepTimer
-
-    recipe.train.extra = {**recipe.train.extra, "save_strategy": "no"}
-    model = setup.take_model(recipe)
-    torch.manual_seed(recipe.train.seed)
-    model = apply_lora(model, recipe.lora)
-    recipe.train.max_steps = n_steps
-    mixture, _, _ = training_schedule(recipe, setup.train_sets)
-    collator = JanusCollator(setup.processor.tokenizer.pad_token_id, packing=recipe.data.packing,
-                             image_token_id=model.config.image_token_id)
-    args = sft_config(recipe, n_steps, has_eval=False)
-    return model, mixture, collator, args, StepTimer(FlopModel.of(model), args.device)
-
-
-def release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def merge_rounds(runs: list[dict], peak: float) -> dict:
     """One variant's rounds as one result: its measured steps together, the highest peak memory."""
     from .throughput import summarize
@@ -256,7 +172,7 @@ def merge_rounds(runs: list[dict], peak: float) -> dict:
     result = summarize(runs[0]["name"], [s for r in runs for s in r["per_step"]], peak, memory)
     if "reencoded_codes_differing" in runs[0]:
         result["reencoded_codes_differing"] = sum(r["reencoded_codes_differing"] for r in runs)
-    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu", "first") if k in s} for s in r["per_step"]] for r in runs])
+    return dict(result, rounds=[[{k: s[k] for k in ("time", "cpu", "order") if k in s} for s in r["per_step"]] for r in runs])
 
 
 # --- isolation and output ----------------------------------------------------------------------
@@ -272,7 +188,7 @@ def run_child(args, name: str, peak: float) -> list[dict]:
         if args.random_model:
             cmd += ["--random-model", args.random_model]
         if args.interleave:
-            cmd += ["--compare", "bare", "--interleave"]
+            cmd += [arg for c in args.compare for arg in ("--compare", c)] + ["--interleave"]
         code = subprocess.run(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
         if code == 2:   # bad input: the child has printed the message naming it
             from ..errors import UserError
@@ -294,7 +210,7 @@ def _die_with_parent() -> None:
 def command_line(args) -> str:
     parts = ["janus-ft bench --recipe", args.recipe, *map(shlex.quote, args.overrides),
              f"--steps {args.steps} --warmup {args.warmup}"]
-    parts += [f"--compare {c}" for c in args.compare] + (["--interleave"] if args.interleave else [])
+    parts += [f"--compare {shlex.quote(c)}" for c in args.compare] + (["--interleave"] if args.interleave else [])
     parts += [f"--rounds {args.rounds}"] if args.rounds > 1 else []
     parts += [f"--random-model {args.random_model}"] if args.random_model else []
     return " ".join(parts)

@@ -222,23 +222,25 @@ def speed_vs(base: dict, variant: dict, key: str = "time") -> float:
 
     `key`: "time" (wall) or "cpu" (the process's CPU time).
 
-    Interleaved steps (`--interleave`) say which variant ran first (`first`): the first of a pair
-    pays for what the step before left behind (another batch shape's memory to give back and
-    fault in), so the ratios of each order are taken apart, and the result is the geometric mean
-    of the two orders' medians, where that cost cancels.
+    Interleaved steps (`--interleave`) say in which order the variants ran (`order`): the first of
+    a pair pays for what the step before left behind (another batch shape's memory to give back
+    and fault in), so the ratios of each order of the pair are taken apart, and the result is the
+    geometric mean of the two orders' medians, where that cost cancels.
 
     >>> speed_vs({"rounds": [[{"time": 1.0}, {"time": 2.0}], [{"time": 1.0}, {"time": 4.0}]]},
     ...          {"rounds": [[{"time": 2.0}, {"time": 2.0}], [{"time": 1.25}, {"time": 1.0}]]})
     0.9
-    >>> round(speed_vs({"rounds": [[{"time": 1.0, "first": "a"}, {"time": 1.2, "first": "b"}]]},
-    ...                {"rounds": [[{"time": 1.25, "first": "a"}, {"time": 1.0, "first": "b"}]]}), 4)
+    >>> order = [["a", "c", "b"], ["b", "a", "c"]]
+    >>> round(speed_vs({"name": "a", "rounds": [[{"time": 1.0, "order": order[0]}, {"time": 1.2, "order": order[1]}]]},
+    ...                {"name": "b", "rounds": [[{"time": 1.25, "order": order[0]}, {"time": 1.0, "order": order[1]}]]}), 4)
     0.9798
     """
     pairs = [(b, v) for base_round, round_ in zip(base["rounds"], variant["rounds"]) for b, v in zip(base_round, round_)]
-    orders = {b.get("first") for b, _ in pairs}
-    if None in orders or len(orders) < 2:
+    firsts = [min(base["name"], variant["name"], key=b["order"].index) if "order" in b else None for b, _ in pairs]
+    if None in firsts or len(set(firsts)) < 2:
         return statistics.median(b[key] / v[key] for b, v in pairs)
-    medians = [statistics.median(b[key] / v[key] for b, v in pairs if b["first"] == first) for first in sorted(orders)]
+    medians = [statistics.median(b[key] / v[key] for (b, v), f in zip(pairs, firsts) if f == first)
+               for first in sorted(set(firsts))]
     return math.prod(medians) ** (1 / len(medians))
 
 

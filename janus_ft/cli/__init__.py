@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 from ..errors import UserError
@@ -31,6 +32,7 @@ COMMANDS = {
     "ui": ("janus_ft.cli.ui", "a web page to chat, draw, compare adapters and watch runs"),
     "grpo": ("janus_ft.cli.grpo", "reinforcement learning (GRPO) with LoRA and reward functions in Python"),
     "dpo": ("janus_ft.cli.dpo", "preference tuning (DPO / IPO) with LoRA on pairs of any task"),
+    "cache": ("janus_ft.cli.cache", "list or prune the prepared-rows and VQ-code caches"),
 }
 
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.set_defaults(_module=module)
+        cmd.set_defaults(_module=module, _parser=cmd)
         importlib.import_module(module).configure(cmd)
     return parser
 
@@ -95,13 +97,28 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def with_flags(message: str, parser) -> str:
+    """A library error names the parameters to change (`overwrite=True`, `adapter=DIR`); here it
+    names the command's flags that set them (`--overwrite`, `--adapter DIR`), found by the
+    destination argparse gives each option."""
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if not flags or action.dest == "help":
+            continue
+        name = re.escape(action.dest)
+        message = re.sub(rf"(?<![\w.-]){name}=True\b", flags[0], message)
+        message = re.sub(rf"(?<![\w.-]){name}=(?=[\s,;:)]|$)", flags[0], message)
+        message = re.sub(rf"(?<![\w.-]){name}=", flags[0] + " ", message)
+    return message
+
+
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     show_janus_ft_logs()
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:
-        print(f"janus-ft {args.command}: error: {err}", file=sys.stderr)
+        print(f"janus-ft {args.command}: error: {with_flags(str(err), args._parser)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"janus-ft {args.command}: interrupted", file=sys.stderr)

@@ -17,17 +17,19 @@ def configure(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="steps run first and not measured (default 1)")
-    parser.add_argument("--compare", action="append", choices=list(COMPARISONS), default=[],
-                        help="add a variant side by side: bare | cache | checkpointing (repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="VARIANT",
+                        help=f"add a variant side by side (repeatable): {' | '.join(COMPARISONS)}, or the recipe "
+                             "with overrides of how the same model trains on the same samples, e.g. "
+                             "data.packing=true or \"data.packing=true data.packed_attention=mask\"")
     parser.add_argument("--random-model", choices=list(SIZE_PRESETS), default=None,
                         help="instead of model.path, a random model of this real size (built once, no download)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the variants N times, reversing their order every other round (A B, B A, ...), "
                              "so a machine that gets busier or quieter favours none of them")
     parser.add_argument("--interleave", action="store_true",
-                        help="with --compare bare: janus-ft and the bare loop in one process, a step of each in "
-                             "turn on the same batch, so drift of the machine's speed cancels in each pair "
-                             "(memory is then the pair's)")
+                        help="with --compare bare and / or override variants: janus-ft and the variants in one "
+                             "process, a step of each in turn on the same batch, so drift of the machine's speed "
+                             "cancels in each pair (memory is then the process's)")
     parser.add_argument("--in-process", action="store_true",
                         help="run all variants in this process (faster to start, but later variants find "
                              "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")

@@ -2,7 +2,7 @@
 
 One question from `--prompt` (streamed to stdout), or every record of a JSONL file with `--jsonl`
 (the last query of each record is answered given its history; records come back with a
-`prediction` field). Prompts are built as training builds them (`janus_ft.infer.prompts`).
+`prediction` field). Everything is `janus_ft.Janus`'s (`infer.engine`): this module parses and prints.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from pathlib import Path
 
 from ..data.records import Record, parse_line, read_lines
 from ..errors import UserError
-from ..infer.chat import Decoding, answer, answer_batch
-from ..infer.prompts import prompt_record, resolve_format
-from ..model.loading import load_for_inference
-from ..tiny import ensure_tiny
+from ..infer.engine import Janus
+from ..infer.prompts import prompt_record
 
 
 def configure(parser) -> None:
@@ -57,14 +55,13 @@ def run(args) -> int:
         missing = [p for p in record.images if not p.is_file()]
         if missing:
             raise UserError(f"--image {missing[0]}: file not found")
-    ensure_tiny(args.model)
-    model, processor = load_for_inference(args.model, args.adapter, args.dtype)
-    fmt = resolve_format(processor, args.format)
-    decoding = Decoding(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.system)
+    janus = Janus.load(args.model, args.adapter, args.dtype, args.format)
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                "seed": args.seed, "system_prompt": args.system}
     if rows is not None:
-        return answer_rows(model, processor, fmt, rows, args.output, decoding, args.batch_size)
-    streamer = None if args.no_stream else _streamer(processor)
-    text = answer(model, processor, record, fmt, decoding, streamer)
+        return answer_rows(janus, rows, args.output, settings, args.batch_size)
+    streamer = None if args.no_stream else _streamer(janus.processor())
+    text = janus.answer(record, streamer=streamer, **settings)
     if args.no_stream:
         print(text)
     return 0
@@ -99,8 +96,7 @@ def read_rows(path: Path) -> list[tuple[dict, Record]]:
     return rows
 
 
-def answer_rows(model, processor, fmt: str, rows, output: str | None, decoding: Decoding,
-                batch_size: int = 1) -> int:
+def answer_rows(janus: Janus, rows, output: str | None, settings: dict, batch_size: int = 1) -> int:
     """Answer each understanding/text record, `batch_size` at a time; generation records are passed
     through unanswered. Rows are written in input order as soon as their batch is done."""
     out = open(output, "w", encoding="utf-8") if output else sys.stdout
@@ -109,7 +105,7 @@ def answer_rows(model, processor, fmt: str, rows, output: str | None, decoding: 
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             todo = [record for _, record in chunk if record.task != "generation"]
-            answers = iter(answer_batch(model, processor, todo, fmt, decoding) if todo else [])
+            answers = iter(janus.answer_batch(todo, **settings) if todo else [])
             for obj, record in chunk:
                 if record.task == "generation":
                     skipped += 1

@@ -22,7 +22,6 @@ from ..data.examples import TRAINERS, pair_sides, read_examples
 from ..data.sources import DEFAULT_SEED
 from ..errors import BadRecord, UserError
 from ..janus import IGNORE_INDEX, TASKS
-from ..tiny import ensure_tiny
 
 # Marks around supervised text in the human-readable preview.
 OPEN, CLOSE = "\x1b[1;32m[[", "]]\x1b[0m"
@@ -64,9 +63,9 @@ def _trainer_option(parser) -> None:
 
 
 def _trainer(args) -> str:
-    from ..recipe import recipe_trainer
+    from ..recipe import recipe_method
 
-    return args.trainer or (recipe_trainer(args.recipe) if args.recipe else "sft")
+    return args.trainer or (recipe_method(args.recipe) if args.recipe else "sft")
 
 
 SOURCE_HELP = ("a JSONL, Parquet, Arrow, CSV or JSON file, an imagefolder or saved-dataset directory, or a hub "
@@ -121,7 +120,7 @@ def check(args) -> int:
     from ..data.prepared import Tokenization, errors_of, prepare, task_indices
 
     sources, model, max_length = _sources(args.sources, args), args.model, args.max_length
-    cache_dir, seed, settings, num_proc = None, DEFAULT_SEED, {}, None
+    cache_dir, seed, settings, num_proc, source_codes = None, DEFAULT_SEED, {}, None, False
     if args.recipe:
         from ..recipe import load_recipe
         recipe = load_recipe(args.recipe)
@@ -129,6 +128,7 @@ def check(args) -> int:
         model = model or recipe.model.path
         max_length = max_length or recipe.data.max_length
         cache_dir, seed, num_proc = recipe.data.code_cache, recipe.train.seed, recipe.data.num_proc
+        source_codes = recipe.data.edit_source_codes
         settings = {"system_prompt": recipe.data.system_prompt, "last_turn_only": recipe.data.last_turn_only}
         if recipe.model.format != "auto":
             settings["fmt"] = recipe.model.format
@@ -136,7 +136,6 @@ def check(args) -> int:
         raise UserError("data check: give sources (files, directories, hub ids) or --recipe")
     if _trainer(args) != "sft":
         return _check_examples(_trainer(args), sources, seed)
-    ensure_tiny(model or "tiny")
     processor = _processor(model or "tiny")   # without a model, the tiny tokenizer (lengths are not shown)
     tokenization = Tokenization(processor, settings.pop("fmt", None) or detect_format(processor), **settings)
     errors: list[BadRecord] = []
@@ -152,8 +151,8 @@ def check(args) -> int:
         counts += found
     print(_counts(counts))
     if model and not errors:
-        _report_lengths(good, max_length or 2048)
-        _report_cache(good, model, cache_dir)
+        _report_lengths(good, max_length or 2048, processor.num_image_tokens if source_codes else 0)
+        _report_cache(good, model, cache_dir, source_codes)
     for err in errors:   # every one: a list to fix in one pass, not fifty at a time
         print(f"bad record: {err}", file=sys.stderr)
     if errors:
@@ -183,15 +182,23 @@ def _counts(counts: Counter, what: str = "record") -> str:
     return f"{sum(counts.values())} valid {what}(s): " + ", ".join(f"{t} {counts.get(t, 0)}" for t in TASKS)
 
 
-def _report_lengths(parts, max_length: int) -> None:
+def _report_lengths(parts, max_length: int, code_block: int = 0) -> None:
+    """Lengths as training counts them: with `code_block` (image tokens, when data.edit_source_codes),
+    each edit source's code block too."""
     import numpy as np
 
+    from ..data.edit import EditSettings
     from ..data.prepared import lengths_of, record_of, task_indices
 
     lengths, first = [], None
     for rows in parts:
-        good = np.sort(np.concatenate(list(task_indices(rows).values())))
-        found = lengths_of(rows)[good]
+        tasks = task_indices(rows)
+        good = np.sort(np.concatenate(list(tasks.values())))
+        all_lengths = lengths_of(rows)
+        if code_block and len(tasks["edit"]):
+            all_lengths[tasks["edit"]] += [EditSettings(source_codes=True).extra_tokens(len(paths) - 1, code_block)
+                                           for paths in rows.select(tasks["edit"])["images"]]
+        found = all_lengths[good]
         lengths.append(found)
         if first is None and (found > max_length).any():
             first = record_of(rows[int(good[np.argmax(found > max_length)])])
@@ -205,11 +212,14 @@ def _report_lengths(parts, max_length: int) -> None:
               f"(first: {first.source}:{first.line})")
 
 
-def _report_cache(parts, model_path: str, cache_dir) -> None:
-    """How many generation targets already have VQ codes cached (no encoder passes here)."""
+def _report_cache(parts, model_path: str, cache_dir, source_codes: bool = False) -> None:
+    """How many generation / edit images already have VQ codes cached (no encoder passes here)."""
+    from ..data.dataset import coded_images
     from ..data.prepared import task_indices
 
-    gen = sorted({paths[0] for rows in parts for paths in rows.select(task_indices(rows)["generation"])["images"]})
+    images = {task: [paths for rows in parts for paths in rows.select(task_indices(rows)[task])["images"]]
+              for task in ("generation", "edit")}
+    gen = sorted(set(coded_images(images, source_codes)))
     if not gen:
         return
     import hashlib
@@ -224,12 +234,12 @@ def _report_cache(parts, model_path: str, cache_dir) -> None:
     cache, fingerprint, size = CodeCache(cache_dir), vq_fingerprint(model), generation_image_size(model)
     hits = sum(cache.get(CacheKey(hashlib.sha256(Path(p).read_bytes()).hexdigest(), fingerprint, size))
                is not None for p in gen)
+    # "generation image(s)": every image the VQ path encodes, edit targets and sources included
     print(f"VQ code cache: {hits} of {len(gen)} generation image(s) cached, {len(gen) - hits} to encode")
 
 
 def preview(args) -> int:
     view = preview_settings(args)
-    ensure_tiny(view["model"])
     processor = _processor(view["model"])
     fmt = view["format"] or detect_format(processor)
     trainer = _trainer(args)
@@ -240,23 +250,37 @@ def preview(args) -> int:
         side_of, records = {id(r): side for side, r in sides}, [r for _, r in sides]
     else:
         side_of, records = {}, load_records(view["sources"], seed=view["seed"])[: args.limit]
-    ds = JanusDataset(records, processor, fmt, view["max_length"], view["system_prompt"], view["last_turn_only"])
+    ds = JanusDataset(records, processor, fmt, view["max_length"], view["system_prompt"], view["last_turn_only"],
+                      edit=view["edit"])
     tok = processor.tokenizer
     for ex in ds.examples:
         text = render_text(render(ex.record, fmt, view["system_prompt"], view["last_turn_only"]))
         side = side_of.get(id(ex.record))
+        ids, labels, codes = _layout(ex, ds)
         if args.json:
             print(json.dumps({"task": ex.record.task, "line": ex.record.line, **({"side": side} if side else {}),
-                              "text": text, "input_ids": ex.input_ids, "labels": ex.labels}, ensure_ascii=False))
+                              "text": text, "input_ids": ids, "labels": labels,
+                              **({"source_codes": codes} if codes else {})}, ensure_ascii=False))
         else:
             marks = ("[[", "]]") if args.no_color or not sys.stdout.isatty() else (OPEN, CLOSE)
             print(f"--- {ex.record.source}:{ex.record.line} ({ex.record.task}{', ' + side if side else ''}, "
-                  f"{len(ex.input_ids)} tokens, {sum(x != IGNORE_INDEX for x in ex.labels)} supervised)")
-            print(marked_text(tok, ex.input_ids, ex.labels, ds.special, marks))
+                  f"{len(ids)} tokens, {sum(x != IGNORE_INDEX for x in labels)} supervised)")
+            print(marked_text(tok, ids, labels, ds.special, marks, codes))
     for record in ds.dropped:   # training drops them too: never shown as if they trained
         print(f"--- {record.source}:{record.line} ({record.task}) dropped: longer than data.max_length="
               f"{view['max_length']} tokens", file=sys.stderr)
     return 0
+
+
+def _layout(ex, ds) -> tuple[list[int], list[int], list[int] | None]:
+    """(ids, labels, source codes) of a sample as training lays it out: an edit trained with
+    data.edit_source_codes gets its code blocks (placeholder codes 0, as targets have without a model)."""
+    if ex.record.task != "edit" or not ds.edit.source_codes:
+        return ex.input_ids, ex.labels, None
+    from ..data.edit import insert_source_codes
+
+    blank = [[0] * ds.num_image_tokens] * len(ex.record.sources)
+    return insert_source_codes(ex.input_ids, ex.labels, ds.special, blank)
 
 
 def _read_examples(trainer: str, view: dict) -> list:
@@ -295,8 +319,11 @@ def preview_settings(args) -> dict:
     """What `preview` renders with: the command line first, then the recipe, then the defaults
     `janus-ft sft` would use, so the preview shows what that recipe trains on (system prompt
     included), not a default rendering of the same records."""
+    from ..data.edit import EditSettings
+
     view = {"sources": _sources([args.source], args) if args.source else [], "model": "tiny", "format": None,
-            "system_prompt": None, "last_turn_only": False, "max_length": 10**9, "seed": DEFAULT_SEED}
+            "system_prompt": None, "last_turn_only": False, "max_length": 10**9, "seed": DEFAULT_SEED,
+            "edit": EditSettings()}
     if args.recipe:
         from ..recipe import load_recipe
 
@@ -304,7 +331,8 @@ def preview_settings(args) -> dict:
         d = recipe.data
         view.update(sources=view["sources"] or d.train, model=recipe.model.path, seed=recipe.train.seed,
                     format=None if recipe.model.format == "auto" else recipe.model.format,
-                    system_prompt=d.system_prompt, last_turn_only=d.last_turn_only, max_length=d.max_length)
+                    system_prompt=d.system_prompt, last_turn_only=d.last_turn_only, max_length=d.max_length,
+                    edit=EditSettings.from_data(d))
     if not view["sources"]:
         raise UserError("data preview: give a SOURCE or --recipe")
     overrides = {"model": args.model, "format": args.format, "system_prompt": args.system_prompt}
@@ -312,8 +340,9 @@ def preview_settings(args) -> dict:
     return view
 
 
-def marked_text(tok, ids, labels, special, marks=("[[", "]]")) -> str:
-    """Decoded ids with supervised runs wrapped in marks and image runs abbreviated."""
+def marked_text(tok, ids, labels, special, marks=("[[", "]]"), source_codes=None) -> str:
+    """Decoded ids with supervised runs wrapped in marks and image runs abbreviated (an edit's
+    source code blocks, where `source_codes` holds a code, named as such)."""
     out, run, supervised = [], [], False
 
     def flush():
@@ -330,7 +359,8 @@ def marked_text(tok, ids, labels, special, marks=("[[", "]]")) -> str:
                 j += 1
             flush()
             target = labels[i] != IGNORE_INDEX
-            label = f"<image_placeholder>x{j - i}"
+            coded = source_codes is not None and source_codes[i] != IGNORE_INDEX
+            label = f"<image_placeholder>x{j - i}" + (" (source codes)" if coded else "")
             out.append(f"{marks[0]}{label} (image codes){marks[1]}" if target else label)
             i = j
             continue

@@ -1,5 +1,7 @@
 """`janus-ft eval`: per-task validation loss and task metrics of a base model or adapter
-(`--compare-base`: both, with the difference), written as eval.json and eval.md."""
+(`--compare-base`: both, with the difference), written as eval.json and eval.md. With `--reward`
+(or a recipe whose `grpo.rewards` names some), held-out prompts sampled and scored with reward
+functions instead (`eval.reward_report`)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..eval.evaluate import EvalSettings, evaluate, markdown, write_report
+from ..eval.reward_report import evaluate_with_rewards, reward_markdown, write_reward_report
 from ..model.loading import adapter_base
 from ..recipe import load_recipe, parse_source
-from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:
@@ -24,12 +26,18 @@ def configure(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest greedy answer in tokens")
     parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale of the sample grids")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample grids")
+    parser.add_argument("--reward", action="append", metavar="FILE.py:NAME",
+                        help="score sampled completions of the held-out prompts with this reward (repeat for several; "
+                             "module:NAME, a built-in or a reward model too; default: the recipe's grpo.rewards). "
+                             "Sampling follows the recipe's grpo section (num_generations_eval, temperature, "
+                             "guidance_scale, seed, ...)")
+    parser.add_argument("--samples", type=int, metavar="N", help="with rewards: completions per prompt "
+                        "(default: grpo.num_generations_eval, else grpo.num_generations)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="override recipe keys")
 
 
 def run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    ensure_tiny(recipe.model.path)
     sources = [parse_source(p, "--data") for p in args.data] if args.data else recipe.data.val
     if not sources:
         raise UserError("nothing to evaluate: the recipe's data.val is empty; pass --data FILE.jsonl")
@@ -41,6 +49,15 @@ def run(args) -> int:
         adapter_base(args.adapter)  # fail before minutes of base evaluation, not after
     default = Path(args.adapter) / "eval" if args.adapter else Path(recipe.output_dir) / "eval-base"
     out = Path(args.output) if args.output else default
+    if args.reward or (recipe.method == "grpo" and recipe.grpo.rewards):
+        if args.samples is not None and args.samples < 1:
+            raise UserError(f"--samples must be >= 1, got {args.samples}")
+        report, outputs = evaluate_with_rewards(recipe, args.reward, args.adapter, args.compare_base, sources,
+                                                args.samples)
+        write_reward_report(report, outputs, out)
+        print(reward_markdown(report))
+        print(f"janus-ft eval: eval.json, eval.md and the scored completions in {out}")
+        return 0
     settings = EvalSettings(args.max_new_tokens, args.cfg, args.seed)
     report, grids = evaluate(recipe, sources, args.adapter, args.compare_base, settings)
     write_report(report, grids, out)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..export.merge import base_name, merge_adapter
+from ..export.merge import merge_adapter
 from ..janus import DTYPES
-from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:
@@ -21,7 +18,6 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    ensure_tiny(base_name(Path(args.adapter), args.base))
     out = merge_adapter(args.adapter, args.output, base=args.base, dtype=args.dtype,
                         max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     print(f"janus-ft merge: merged checkpoint in {out}")

@@ -10,11 +10,13 @@ def configure(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     parser.add_argument("--vq-channels", type=int, default=32, choices=[32, 64, 128, 256],
                         help="VQ decoder width: 128 decodes codes to distinct colours (for image rewards)")
+    parser.add_argument("--llm", choices=["mid", "narrow"], default=None,
+                        help="a wider language model (visual paths stay tiny): mid = 512 x 4, narrow = 256 x 4")
 
 
 def run(args) -> int:
     from ..tiny import build_tiny
 
-    out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed, vq_channels=args.vq_channels)
-    print(f"wrote tiny Janus ({args.format}) to {out}")
+    out = build_tiny(args.output_dir, fmt=args.format, seed=args.seed, vq_channels=args.vq_channels, llm=args.llm)
+    print(f"wrote tiny Janus ({args.format}{f', {args.llm} LLM' if args.llm else ''}) to {out}")
     return 0

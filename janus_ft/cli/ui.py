@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
-from ..tiny import ensure_tiny
 
 
 def configure(parser) -> None:
@@ -35,7 +34,6 @@ def run(args) -> int:
     from ..ui.app import build_app
     from ..ui.session import Workbench
 
-    ensure_tiny(args.model)
     bench = Workbench(args.model, args.dtype, args.format)
     for adapter in args.adapter:
         bench.add_adapter(adapter)

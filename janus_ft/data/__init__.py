@@ -11,4 +11,7 @@
 8. `dataset`      prepared rows (or records) -> lazy per-task datasets
 9. `mixture`      per-task datasets -> one schedule holding the task ratios inside every step
 10. `collate`      samples -> padded or packed batches
+
+Beside the pipeline: `prompts` (GRPO prompts, janus_ft's or TRL's shapes), `preference` (DPO pairs),
+`stream` (records read as training goes), `cache` (the cache root's entries listed and pruned).
 """

@@ -38,32 +38,41 @@ def collate(samples: list[dict], pad_id: int, pad_to_multiple_of: int | None = N
         batch["position_ids"][row, :n] = torch.arange(n)
         batch["task_ids"][row, :n] = s["task"]
     _add_pixels(batch, samples)
+    _add_source_codes(batch, samples, packed=False)
     return batch
 
 
 def pack(samples: list[dict]) -> dict:
     """Concatenate samples into one padding-free row; `position_ids` restart at 0 for each sample.
 
-    transformers builds a block-diagonal causal mask from restarting position ids when no attention
-    mask is given, so no token attends across samples.
+    No token attends across samples: transformers' SDPA builds a block-diagonal causal mask from
+    the restarting position ids when no attention mask is given, and per-sample attention
+    (`janus_ft.model.attention`) runs each sample alone within the bounds `cu_seq_lens` (the
+    samples' cumulative lengths, int32, as FlashAttention's varlen kernels take them) and
+    `max_length` (the longest sample), both computed here on the host so no layer reads them back
+    from the device.
 
     >>> import torch
     >>> b = pack([{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]), "task": 0},
     ...           {"input_ids": torch.tensor([5, 8]), "labels": torch.tensor([-100, 8]), "task": 2}])
     >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["task_ids"].tolist()
     ([[5, 6, 7, 5, 8]], [[0, 1, 2, 0, 1]], [[0, 0, 0, 2, 2]])
-    >>> b["labels"].tolist()
-    [[-100, 6, 7, -100, 8]]
+    >>> b["labels"].tolist(), b["cu_seq_lens"].tolist(), b["max_length"]
+    ([[-100, 6, 7, -100, 8]], [0, 3, 5], 3)
     """
+    lengths = [len(s["input_ids"]) for s in samples]
     batch = {
         "input_ids": torch.cat([s["input_ids"] for s in samples])[None],
         "labels": torch.cat([s["labels"] for s in samples])[None],
-        "position_ids": torch.cat([torch.arange(len(s["input_ids"])) for s in samples])[None],
-        "task_ids": torch.cat([torch.full((len(s["input_ids"]),), s["task"]) for s in samples])[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths])[None],
+        "task_ids": torch.cat([torch.full((n,), s["task"]) for n, s in zip(lengths, samples)])[None],
+        "cu_seq_lens": torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32),
+        "max_length": max(lengths),
     }
     # The first token of each sample must not be predicted from the previous sample's last token:
     # its label is always IGNORE (BOS), which `encode` guarantees.
     _add_pixels(batch, samples)
+    _add_source_codes(batch, samples, packed=True)
     return batch
 
 
@@ -85,7 +94,9 @@ def loss_plan(batch: dict, image_token_id: int) -> dict:
     """Where a collated batch's targets and image slots sit, as flat positions (row x length):
     text targets (scored by the LM head), image-code targets (scored by the generation head; they
     hold the generation embeddings in the input) and understanding image placeholders (which take
-    the SigLIP features). Column 0 is never a target: nothing precedes it to predict it.
+    the SigLIP features); with edit samples' `source_codes`, also `source_slots`: the placeholders
+    of source code blocks (generation embeddings of those codes, never scored). Column 0 is never a
+    target: nothing precedes it to predict it.
 
     The collator computes this on the CPU, where counting and `nonzero` cost nothing, so the loss
     on a GPU never stops to read a count back from the device.
@@ -102,8 +113,27 @@ def loss_plan(batch: dict, image_token_id: int) -> dict:
     supervised = labels != IGNORE_INDEX
     supervised[:, 0] = False
     image = batch["input_ids"] == image_token_id
-    return {name: mask.flatten().nonzero().flatten() for name, mask in (
-        ("text_targets", supervised & ~image), ("gen_targets", supervised & image), ("image_slots", image & ~supervised))}
+    masks = [("text_targets", supervised & ~image), ("gen_targets", supervised & image)]
+    if "source_codes" in batch:
+        source = batch["source_codes"] != IGNORE_INDEX
+        masks += [("image_slots", image & ~supervised & ~source), ("source_slots", source)]
+    else:
+        masks.append(("image_slots", image & ~supervised))
+    return {name: mask.flatten().nonzero().flatten() for name, mask in masks}
+
+
+def _add_source_codes(batch: dict, samples: list[dict], packed: bool) -> None:
+    """Edit samples' source codes, aligned with input_ids (IGNORE elsewhere), when any sample has them."""
+    if all(s.get("source_codes") is None for s in samples):
+        return
+    rows = [s["source_codes"] if s.get("source_codes") is not None
+            else torch.full((len(s["input_ids"]),), IGNORE_INDEX) for s in samples]
+    if packed:
+        batch["source_codes"] = torch.cat(rows)[None]
+        return
+    batch["source_codes"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+    for row, codes in enumerate(rows):
+        batch["source_codes"][row, :len(codes)] = codes
 
 
 def _add_pixels(batch: dict, samples: list[dict]) -> None:

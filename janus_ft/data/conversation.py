@@ -50,6 +50,12 @@ def detect_format(processor_or_tokenizer) -> str:
     return "janus-pro" if FORMATS["janus-pro"].user in tok.get_vocab() else "janus"
 
 
+def resolve_format(processor_or_tokenizer, fmt: str | None = "auto") -> str:
+    """The conversation format to render in: `fmt` as given, or detected (`detect_format`) for
+    "auto" / None -- the one place a recipe's `model.format` or a `--format` flag is resolved."""
+    return detect_format(processor_or_tokenizer) if fmt in (None, "auto") else fmt
+
+
 def content_parts(text: str) -> list[dict]:
     """User text with `<image>` tags -> chat-template content parts (what inference passes to the
     processor), so training and inference lay a turn out from the same parts.
@@ -96,6 +102,9 @@ def render(record: Record, fmt: str | Format, system_prompt: str | None = None,
     fmt = FORMATS[fmt] if isinstance(fmt, str) else fmt
     if record.task == "generation":
         prompt = f"{fmt.user}: {record.caption.strip()}\n\n{fmt.assistant}:"
+        return [Piece(prompt), Piece("", True, kind="gen_image")]
+    if record.task == "edit":   # a generation prompt whose user turn lays its source images out as chat does
+        prompt = f"{fmt.user}: {user_content(record.caption)}\n\n{fmt.assistant}:"
         return [Piece(prompt), Piece("", True, kind="gen_image")]
     system = record.system if record.system is not None else (
         DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt)

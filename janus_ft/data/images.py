@@ -3,7 +3,7 @@
 The checkpoint's `JanusImageProcessor` pads the short side to a square with the mean colour
 ((127, 127, 127) for Janus's 0.5 mean), resizes to the vision tower's size and normalises
 (docs/janus.md, image preprocessing). Generation targets are opened and converted to RGB here too, so
-both paths agree on what an image looks like, then preprocessed by `janus_ft.vq`.
+both paths agree on what an image looks like, then preprocessed by `janus_ft.data.vq`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BadRecord
+from ..errors import BadRecord, UserError
 from ..files import cache_root, publish
 from .records import brief
 
@@ -67,6 +67,12 @@ def check_images(records) -> list[BadRecord]:
             if problems[path] is not None:
                 errors.append(BadRecord(rec.source, rec.line, f"images[{i}]", problems[path].problem))
     return errors
+
+
+def bad_images_error(bad: list[BadRecord]) -> UserError:
+    """One error listing (the first ten of) every bad image reference, so all are fixed in one go."""
+    shown = "\n  ".join(str(e) for e in bad[:10])
+    return UserError(f"{len(bad)} bad image reference(s){' (first 10)' if len(bad) > 10 else ''}:\n  {shown}")
 
 
 def check_file(path) -> None:

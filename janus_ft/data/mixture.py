@@ -147,7 +147,8 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.datasets, self.seed, self.cfg_dropout = datasets, seed, cfg_dropout
         self.ratios = resolve_ratios(ratios, {t: len(d) for t, d in datasets.items()})
         sizes = {t: len(d) for t, d in datasets.items() if len(d) and self.ratios.get(t, 0) > 0}
-        # CFG dropout blanks caption ids in place, so a sample's length is known before it is built.
+        # CFG dropout blanks caption ids in place, so a sample's length is known before it is built
+        # (an edit's source-code dropout only shortens it).
         lengths = ({t: datasets[t].lengths() for t in sizes}
                    if group_by_length else None)
         self.schedule = build_schedule(sizes, self.ratios, global_batch, n_steps, seed, lengths)
@@ -157,6 +158,8 @@ class MixtureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict:
         task, index = self.schedule[position]
+        if task == "edit":   # its dropouts are the edit dataset's (`edit.EditSettings`), drawn the same way
+            return self.datasets[task].sample(index, draw=random.Random(f"edit-{self.seed}-{position}"))
         # Seeded by position: the same sample is dropped on a resumed run, different ones each pass.
         unconditional = (task == "generation" and self.cfg_dropout > 0
                          and random.Random(f"cfg-{self.seed}-{position}").random() < self.cfg_dropout)
@@ -181,7 +184,7 @@ def lazy_hf_dataset(n: int, getitem, keys: tuple[str, ...] | None = None):
     """
     import datasets
 
-    keys = keys or ("input_ids", "labels", "task", "pixel_values")
+    keys = keys or ("input_ids", "labels", "task", "pixel_values", "source_codes")
 
     def transform(batch):
         rows = [getitem(p) for p in batch["position"]]

@@ -80,6 +80,8 @@ def parse_pair(obj, path: Path, line: int | str) -> Pair:
         raise bad(None, "not a preference pair: expected prompt/chosen/rejected, or query/response with "
                   "rejected_response (text, understanding) or rejected_images (generation)")
     chosen, rejected = (_side(o, path, line, n) for o, n in zip(sides, names))
+    if chosen.task == "edit":
+        raise bad(None, "an edit pair: janus-ft dpo does not tune edits yet (train them with janus-ft sft)")
     if rejected.task != chosen.task:
         raise bad(other, f"makes the rejected side a {rejected.task} record, the chosen side is {chosen.task}")
     if rejected.turns == chosen.turns and rejected.images == chosen.images:

@@ -33,7 +33,7 @@ import pyarrow as pa
 from accelerate.logging import get_logger
 
 from ..errors import BadRecord
-from ..files import cache_root, publish, remove
+from ..files import cache_root, hold, main_process_first, publish, remove
 from ..janus import TASKS, SpecialIds
 from ..recipe import DataSource
 from .conversation import render
@@ -49,7 +49,7 @@ from .sources import (
 )
 from .tokens import encode
 
-PREP_VERSION = 1   # bump when the rows' layout or the rendering changes: old caches are then ignored
+PREP_VERSION = 2   # bump when the rows' layout or the rendering changes: old caches are then ignored (2: edit records)
 logger = get_logger(__name__)
 _BATCH = 1000      # records per map batch: bounded memory per worker, a smooth progress bar
 _FEATURES = {
@@ -112,10 +112,9 @@ def prepare(sources: list[DataSource], seed: int, tokenization: Tokenization, nu
     too); the other ranks then open its files. A source that cannot be read raises, or with
     `errors` is listed there and skipped; bad records stay rows holding their error (`errors_of`)."""
     import datasets
-    from accelerate import PartialState
 
     parts = []
-    with PartialState().main_process_first():
+    with main_process_first():
         for src in sources:
             try:
                 parts.append(prepare_source(src, seed, tokenization, num_proc, root))
@@ -138,7 +137,8 @@ def prepare_source(src: DataSource, seed: int, tokenization: Tokenization, num_p
 
     target = prepared_dir(src, seed, tokenization, root)
     meta = target / "meta.json"
-    built = not meta.is_file()
+    # Held for the life of the process (its files stay memory-mapped): `janus-ft cache prune` skips it.
+    built = not (meta.is_file() and hold(target))
     if built:
         staged = target.with_name(f".{target.name}-{os.getpid()}")
         remove(staged)
@@ -149,6 +149,7 @@ def prepare_source(src: DataSource, seed: int, tokenization: Tokenization, num_p
             publish(staged, target, keep_existing=True)
         finally:
             remove(staged)
+        hold(target)
     files = json.loads(meta.read_text())["files"]
     parts = [datasets.Dataset.from_file(str(target / f)) for f in files]
     rows = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]

@@ -1,8 +1,10 @@
 """Records: JSONL lines (or rows of other sources, see `sources`) -> validated `Record`s.
 
 Accepted shapes (README, data_templates/examples): `query`/`response`/`images`/`history`/`system`, or
-`messages` (+ `images`). The task is inferred (no images -> text; images in user turns ->
-understanding; a response that is exactly `<image>` -> generation) and may be stated with `task`.
+`messages` (+ `images`); an edit may name its images `source_images` / `target_image` instead. The
+task is inferred (no images -> text; images in user turns -> understanding; a response that is
+exactly `<image>` -> generation, or edit when the query holds images too: the query's images are
+the sources, the last image the target) and may be stated with `task`.
 Every problem is a `BadRecord` naming file, line and field, so `janus-ft data check` can list them.
 """
 
@@ -36,8 +38,13 @@ class Record:
 
     @property
     def caption(self) -> str:
-        """The prompt of a generation record."""
+        """The prompt of a generation record (an edit record's instruction, `<image>` tags included)."""
         return self.turns[0][0]
+
+    @property
+    def sources(self) -> list[Path]:
+        """An edit record's source images (every image but the last, the target)."""
+        return self.images[:-1] if self.task == "edit" else []
 
 
 def read_records(path: str | Path) -> Iterator[Record]:
@@ -113,6 +120,8 @@ def parse_record(obj, path: Path, line: int | str) -> Record:
 
     if not isinstance(obj, dict):
         raise bad(None, f"expected a JSON object, got {type(obj).__name__}")
+    if "source_images" in obj or "target_image" in obj:
+        obj = _edit_fields(obj, bad)
     if "messages" in obj:
         turns, system = _turns_from_messages(obj["messages"], bad)
     elif "query" in obj or "response" in obj:
@@ -124,7 +133,7 @@ def parse_record(obj, path: Path, line: int | str) -> Record:
     images = _images(obj, path, bad)
     turns = _place_images(turns, len(images), bad)
     task = _infer_task(obj, turns, images, bad)
-    if task == "generation":
+    if task in ("generation", "edit"):
         system = ""  # generation prompts never carry a system prompt (docs/janus.md, conversation format)
     return Record(task=task, turns=turns, images=images, system=system, source=str(path), line=line)
 
@@ -211,6 +220,30 @@ def _turns_from_messages(messages, bad) -> tuple[list[tuple[str, str]], str | No
     return turns, system
 
 
+def _edit_fields(obj: dict, bad) -> dict:
+    """`source_images` (a path or a list) and `target_image` (a path) -> `images` and a response of
+    `<image>`; sources without `<image>` tags in the query go at its start. This is how a dataset
+    with a source column, an instruction column and a target column maps onto an edit record."""
+    for key in ("source_images", "target_image"):
+        if key not in obj:
+            raise bad(key, "missing: an edit record names both source_images and target_image")
+    if "images" in obj:
+        raise bad("images", "source_images / target_image and images both give the images: pick one")
+    sources, target = obj["source_images"], obj["target_image"]
+    sources = [sources] if isinstance(sources, str) else sources
+    target = target[0] if isinstance(target, list) and len(target) == 1 else target
+    if not isinstance(sources, list) or not sources or not all(isinstance(x, str) and x for x in sources):
+        raise bad("source_images", "expected an image path or a non-empty list of image paths")
+    if not isinstance(target, str) or not target:
+        raise bad("target_image", "expected one image path")
+    out = {k: v for k, v in obj.items() if k not in ("source_images", "target_image")}
+    out.setdefault("response", IMAGE_TAG)
+    query = out.get("query")
+    if isinstance(query, str) and IMAGE_TAG not in query:
+        out["query"] = IMAGE_TAG * len(sources) + query
+    return out | {"images": [*sources, target]}
+
+
 def _images(obj: dict, path: Path, bad) -> list[Path]:
     images = obj.get("images", [])
     if images is None:
@@ -228,9 +261,6 @@ def _images(obj: dict, path: Path, bad) -> list[Path]:
 def _place_images(turns, n_images: int, bad) -> list[tuple[str, str]]:
     in_users = sum(u.count(IMAGE_TAG) for u, _ in turns)
     in_responses = sum(a.count(IMAGE_TAG) for _, a in turns)
-    if in_users and in_responses:
-        raise bad("images", "<image> appears in both query and response; a record is either "
-                  "understanding (images in the query) or generation (response is exactly <image>)")
     if n_images and not in_users and not in_responses:
         # Images without tags go at the start of the first query (ms-swift's convention too).
         first_user, first_answer = turns[0]
@@ -242,7 +272,14 @@ def _place_images(turns, n_images: int, bad) -> list[tuple[str, str]]:
 
 def _infer_task(obj: dict, turns, images, bad) -> str:
     responses_are_images = any(IMAGE_TAG in a for _, a in turns)
-    if responses_are_images:
+    if responses_are_images and any(IMAGE_TAG in u for u, _ in turns):
+        if len(turns) != 1 or turns[0][1].strip() != IMAGE_TAG:
+            raise bad("response", "an edit record has one turn: source images and an instruction in the query, "
+                      "a response that is exactly <image> (the target, the last image)")
+        if not turns[0][0].replace(IMAGE_TAG, "").strip():
+            raise bad("query", "an edit record needs an instruction besides its source images")
+        inferred = "edit"
+    elif responses_are_images:
         if len(turns) != 1 or turns[0][1].strip() != IMAGE_TAG or len(images) != 1:
             raise bad("response", "a generation record has one turn whose response is exactly <image> "
                       "and exactly one image")

@@ -36,7 +36,7 @@ from .records import Record, brief, decode_line, parse_record, read_lines
 DEFAULT_SEED = 42   # train.seed's default, so `#N` picks the same rows in `data check` as in training
 FILE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "csv", ".json": "json"}
 _TEXT_FIELDS = ("query", "response", "messages", "prompt", "chosen")
-_IMAGE_FIELDS = ("images", "rejected_images")
+_IMAGE_FIELDS = ("images", "image", "rejected_images", "source_images", "target_image")   # `image`: TRL's prompt datasets
 _BATCH = 1024   # rows converted to Python at a time: bounded memory for sources of any size
 
 

@@ -11,8 +11,8 @@ A bad record is skipped and counted; more than `data.max_bad_records` stop the r
 one. Positions only move forward in a run, so a resumed run (the Trainer skips the batches already
 trained) replays the stream up to its first position (reading, checking and measuring what it
 skips, as the run before did) and continues with exactly the samples the uninterrupted run trained
-on; so does each rank, skipping the positions the other ranks train on. Generation records need
-the VQ code cache filled ahead, which streaming cannot do: they are refused.
+on; so does each rank, skipping the positions the other ranks train on. Generation and edit records
+need the VQ code cache filled ahead, which streaming cannot do: they are refused.
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ class StreamingMixture(torch.utils.data.Dataset):
                  system_prompt: str | None = None, last_turn_only: bool = False, max_bad_records: int = 100):
         if not ratios:
             raise UserError("data.streaming needs data.mix: a stream's task sizes are not known ahead")
-        if ratios.get("generation", 0) > 0:
-            raise UserError("data.streaming does not train generation records (their VQ codes are encoded "
-                            "ahead, into the code cache); set data.streaming=false")
+        for task in ("generation", "edit"):
+            if ratios.get(task, 0) > 0:
+                raise UserError(f"data.streaming does not train {task} records (their VQ codes are encoded "
+                                "ahead, into the code cache); set data.streaming=false")
         self.sources, self.processor, self.fmt, self.seed = sources, processor, fmt, seed
         self.max_length, self.max_bad = max_length, max_bad_records
         self.system_prompt, self.last_turn_only = system_prompt, last_turn_only
@@ -112,8 +113,8 @@ class StreamingMixture(torch.utils.data.Dataset):
                     if self.bad > self.max_bad:
                         raise UserError(f"more than data.max_bad_records={self.max_bad} bad records in the stream; "
                                         f"the last: {item}")
-                elif item.task == "generation":
-                    raise UserError(f"{item.source}:{item.line}: a generation record; data.streaming does not train them")
+                elif item.task in ("generation", "edit"):
+                    raise UserError(f"{item.source}:{item.line}: a {item.task} record; data.streaming does not train them")
                 elif item.task in self.queues:
                     self.queues[item.task].append(item)
             record = queue.popleft()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..errors import UserError
-from ..files import cache_root, publish
+from ..files import cache_root, hold, publish
 from .images import UnreadableImage, check_file, decode, to_rgb
 
 _SEARCH_ROWS = 4096  # latent vectors per distance matrix: 4096 x 16384 floats = 256 MiB at most
@@ -189,9 +189,13 @@ class CodeCache:
         self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.hits = self.misses = self.encoder_passes = 0
 
+    def entry(self, vq_fingerprint: str, image_size: int) -> Path:
+        """The directory of one VQ model's codes at one image size (what `janus-ft cache` lists)."""
+        return self.root / f"{vq_fingerprint[:24]}-{image_size}"
+
     def path(self, key: CacheKey) -> Path:
         sha = key.image_sha256
-        return self.root / f"{key.vq_fingerprint[:24]}-{key.image_size}" / sha[:2] / f"{sha}.npy"
+        return self.entry(key.vq_fingerprint, key.image_size) / sha[:2] / f"{sha}.npy"
 
     def get(self, key: CacheKey) -> torch.LongTensor | None:
         try:
@@ -246,6 +250,7 @@ def codes_for_files(model, paths: Sequence[str | Path], cache: CodeCache | None 
     cache = cache if cache is not None else CodeCache()
     vq = find_vq_model(model)
     fingerprint, size = vq_fingerprint(model), generation_image_size(model)
+    hold(cache.entry(fingerprint, size), create=True)   # in use: `janus-ft cache prune` leaves it
     n_tokens = _num_tokens(vq)
     out = torch.empty(len(paths), n_tokens, dtype=torch.long)
     pending: dict[CacheKey, tuple[torch.Tensor, list[int]]] = {}  # key -> (pixels, output rows)

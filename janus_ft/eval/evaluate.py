@@ -6,7 +6,8 @@ On the validation records (`data.val`, or `--data`):
   of the val images, so the generation loss is the NLL per held-out image token);
 - understanding / text: a greedy answer per record (its last query, given its history), scored with
   exact match, character error rate and normalised edit distance;
-- generation: a sample grid for up to 4 fixed val captions with a fixed seed (references on top).
+- generation: a sample grid for up to 4 fixed val captions with a fixed seed (references on top);
+- edit: a grid of source(s) | target | result for up to 4 val edits (seeded as the captions are).
 
 With `--compare-base` the base model is evaluated first, then the adapter is attached to it; the
 report shows base, adapter and their delta. Writes eval.json, eval.md, predictions and grids.
@@ -22,10 +23,11 @@ import torch
 
 from ..data.collate import collate
 from ..data.dataset import JanusDataset, build_datasets, read_sources
+from ..data.images import open_rgb
 from ..data.vq import decode_codes_to_pil
 from ..errors import UserError
 from ..infer.chat import Decoding, answer_batch
-from ..infer.generate import contact_sheet, sample_codes
+from ..infer.generate import contact_sheet, edit_sheet, sample_codes, sample_edit_codes
 from ..infer.prompts import resolve_format, to_model
 from ..janus import IGNORE_INDEX, TASK_NAMES
 from ..model.loading import attach_adapter, load_base, load_processor
@@ -46,7 +48,7 @@ class EvalSettings:
 
 def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, compare_base: bool = False,
              settings: EvalSettings | None = None) -> tuple[dict, dict]:
-    """(report, sample grids by label): base first (when asked), then the adapter on top of it."""
+    """(report, sample grids by label and task): base first (when asked), then the adapter on top of it."""
     settings = settings or EvalSettings()
     model = load_base(recipe.model.path, recipe.model.dtype)
     processor = load_processor(recipe.model.path, adapter)
@@ -70,21 +72,23 @@ def evaluate(recipe, sources: list[DataSource], adapter: str | None = None, comp
 
 
 def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings: EvalSettings):
-    """(metrics per task, sample grid or None, predictions per record) for one model."""
+    """(metrics per task, sample grids by task -- generation, edit --, predictions per record) for one model."""
     batch_size = recipe.train.per_device_eval_batch_size
-    results, grid, predictions = {}, None, []
+    results, grids, predictions = {}, {}, []
     for task, ds in datasets.items():
         total, tokens = task_loss(model, ds, processor.tokenizer.pad_token_id, batch_size)
         nll = mean_nll(total, tokens)
         results[task] = {"loss": nll, "perplexity": perplexity(nll), "tokens": tokens, "records": len(ds)}
         if task == "generation":
-            grid = sample_grid(model, processor, fmt, ds, settings)
+            grids[task] = sample_grid(model, processor, fmt, ds, settings)
+        elif task == "edit":
+            grids[task] = edit_grid(model, processor, fmt, ds, settings)
         else:
             decoding = Decoding(settings.max_new_tokens, system_prompt=recipe.data.system_prompt)
             scores, preds = answer_records(model, processor, fmt, ds, decoding, batch_size)
             results[task].update(scores)
             predictions += preds
-    return results, grid, predictions
+    return results, grids, predictions
 
 
 @torch.no_grad()
@@ -130,6 +134,21 @@ def sample_grid(model, processor, fmt: str, ds: JanusDataset, settings: EvalSett
             "image": contact_sheet(images, columns=len(examples))}
 
 
+def edit_grid(model, processor, fmt: str, ds: JanusDataset, settings: EvalSettings, limit: int = MAX_SAMPLES):
+    """A row per val edit: its source(s) | its target (decoded from its VQ codes) | a sample. Edit i
+    always uses seed + i, as the captions of `sample_grid` do; sources enter as the run trained them
+    (the dataset's `data.edit_source_codes`)."""
+    examples = ds.examples[:limit]
+    targets = torch.tensor([[c for c in ex.labels if c != IGNORE_INDEX] for ex in examples])
+    samples = [sample_edit_codes(model, processor, ex.record.caption, ex.record.sources, fmt, n=1, cfg=settings.cfg,
+                                 seed=settings.seed + i, source_codes=ds.edit.source_codes)[0]
+               for i, ex in enumerate(examples)]
+    decoded = decode_codes_to_pil(model, torch.cat([targets, torch.stack(samples)]))
+    rows = [[*map(open_rgb, ex.record.sources), decoded[i], decoded[len(examples) + i]]
+            for i, ex in enumerate(examples)]
+    return {"captions": [ex.record.caption for ex in examples], "image": edit_sheet(rows)}
+
+
 def delta(base: dict, adapter: dict) -> dict:
     """adapter - base for every numeric metric both have."""
     out = {}
@@ -143,13 +162,13 @@ def write_report(report: dict, grids: dict, out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"--output {out}: cannot create it ({err.strerror or err})") from None
+        raise UserError(f"output={out}: cannot create it ({err.strerror or err})") from None
     predictions = report.pop("predictions")
-    for label, grid in grids.items():
-        if grid is not None:
-            grid["image"].save(out / f"samples_{label}.png")
-            sample = {"file": f"samples_{label}.png", "captions": grid["captions"]}
-            report.setdefault("samples", {})[label] = sample
+    for label, by_task in grids.items():
+        for task, grid in by_task.items():   # samples_<label>.png; edits_<label>.png (source | target | result)
+            name, key = ("edits", "edit_samples") if task == "edit" else ("samples", "samples")
+            grid["image"].save(out / f"{name}_{label}.png")
+            report.setdefault(key, {})[label] = {"file": f"{name}_{label}.png", "captions": grid["captions"]}
     for label, rows in predictions.items():
         if rows:
             with open(out / f"predictions_{label}.jsonl", "w", encoding="utf-8") as f:
@@ -180,6 +199,9 @@ def markdown(report: dict) -> str:
     for label, sample in report.get("samples", {}).items():
         lines.append(f"\n{label} samples (top: references; bottom: seed-fixed samples): "
                      f"![{label}]({sample['file']})  \ncaptions: " + "; ".join(sample["captions"]))
+    for label, sample in report.get("edit_samples", {}).items():
+        lines.append(f"\n{label} edits (a row per edit: source | target | seed-fixed sample): "
+                     f"![{label} edits]({sample['file']})  \ninstructions: " + "; ".join(sample["captions"]))
     return "\n".join(lines) + "\n"
 
 

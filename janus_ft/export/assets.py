@@ -80,9 +80,9 @@ def pick_chat_template(source: Path, tokenizer, fmt: str) -> tuple[str, list[str
     sft_format = read_json(source / "processor_config.json").get("sft_format")
     if sft_format == "deepseek_old" or any("janus-1.3b" in part.lower() for part in source.resolve().parts):
         return chat_template(*_JANUS_13B_ROLES), [
-            "used the Janus-1.3B chat format (User:/Assistant:); pass --format janus-pro if this is Janus-Pro"]
+            "used the Janus-1.3B chat format (User:/Assistant:); pass fmt=janus-pro if this is Janus-Pro"]
     return chat_template(PRO_USER, PRO_ASSISTANT), [
-        "used the Janus-Pro chat format (<|User|>/<|Assistant|>); pass --format janus for Janus-1.3B"]
+        "used the Janus-Pro chat format (<|User|>/<|Assistant|>); pass fmt=janus for Janus-1.3B"]
 
 
 def _native_processor(source: Path, tokenizer, template: str, vision_config):

@@ -97,7 +97,7 @@ def janus_config_from_deepseek(original: dict, token_ids: dict):
 
     if original.get("model_type", "multi_modality") != "multi_modality":
         raise UserError(f"config.json: model_type is {original.get('model_type')!r}, not DeepSeek's "
-                        "'multi_modality' (a transformers checkpoint converts with --to deepseek)")
+                        "'multi_modality' (a transformers checkpoint: convert it to DeepSeek's layout instead)")
     params = {name: _params(original, name) for name in _CLASSES}
     if not isinstance(original.get("language_config"), dict):
         raise UserError("config.json: no 'language_config' (not an original DeepSeek Janus config?)")

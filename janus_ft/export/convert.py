@@ -68,7 +68,7 @@ class ConversionResult:
 def staged_output(output: Path, overwrite: bool):
     """A hidden sibling directory that becomes `output` only if the block succeeds."""
     if output.exists() and not overwrite:
-        raise UserError(f"output {output} already exists (pass --overwrite to replace it)")
+        raise UserError(f"output={output} already exists (pass overwrite=True to replace it)")
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a directory")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def _check_dirs(input_dir, output_dir) -> tuple[Path, Path]:
     if not (source / "config.json").is_file():
         raise UserError(f"{source}: no config.json (is this a checkpoint directory?)")
     if target.resolve() == source.resolve():
-        raise UserError("--output must differ from --input")
+        raise UserError("output= must differ from input=")
     return source, target
 
 
@@ -132,7 +132,7 @@ def convert_to_deepseek(input_dir, output_dir, *, max_shard_size: int | str = DE
     model_type = read_json(source / "config.json").get("model_type")
     if model_type != "janus":
         raise UserError(f"{source / 'config.json'}: model_type is {model_type!r}, not transformers' 'janus' "
-                        "(an original DeepSeek checkpoint converts with --from deepseek)")
+                        "(an original DeepSeek checkpoint: convert it from DeepSeek's layout instead)")
     try:
         config = JanusConfig.from_pretrained(source)
     except Exception as err:  # wrong model_type, malformed fields: the user's file

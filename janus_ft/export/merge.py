@@ -80,7 +80,7 @@ def base_name(adapter: Path, base: str | None) -> str:
             return recipe_path
     if named:
         return named
-    raise UserError(f"{adapter}: no base model recorded; pass --base PATH")
+    raise UserError(f"{adapter}: no base model recorded; pass base=PATH")
 
 
 def merged_model(adapter: Path, base_path: str):
@@ -133,4 +133,4 @@ def _check_output(out: Path, adapter: Path, base_path: str, overwrite: bool) -> 
         if source.exists() and out.exists() and out.samefile(source):
             raise UserError(f"output {out} is the adapter or base directory; choose another")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output directory {out} is not empty; pass --overwrite to replace it")
+        raise UserError(f"output={out} is not empty; pass overwrite=True to replace it")

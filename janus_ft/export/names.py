@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UserError
 
-# Written by `--to deepseek` (see janus_ft.convert's docstring for why).
+# Written by `--to deepseek` (see janus_ft.export.convert's docstring for why).
 CODEBOOK_USED = "gen_vision_model.quantize.codebook_used"
 CODEBOOK_USED_SIZE = 65536
 

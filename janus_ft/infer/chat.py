@@ -2,7 +2,7 @@
 
 One question from `--prompt` (streamed to stdout), or every record of a JSONL file with `--jsonl`
 (the last query of each record is answered given its history; records come back with a
-`prediction` field). Prompts are built as training builds them (`janus_ft.inference`).
+`prediction` field). Prompts are built as training builds them (`janus_ft.infer.prompts`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Inference helpers shared by `chat`, `generate` and `eval`: load a base (+ LoRA adapter) for
 inference, and build prompts exactly as training builds them.
 
-Prompts are rendered by `janus_ft.conversation` and tokenized by `janus_ft.tokens.encode`, the
+Prompts are rendered by `janus_ft.data.conversation` and tokenized by `janus_ft.data.tokens.encode`, the
 same two functions the dataset uses, so a fine-tune is asked its questions in the very token
 sequence it was trained on (and, for one turn, the sequence transformers' `JanusProcessor` builds
 from its chat template).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.conversation import detect_format, render
+from ..data.conversation import render, resolve_format
 from ..data.images import open_rgb, pixel_values
 from ..data.records import IMAGE_TAG, Record
 from ..data.tokens import encode
@@ -20,10 +20,6 @@ from ..janus import SpecialIds
 
 # Files a processor directory has (transformers 5 keeps the image processor in processor_config.json).
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
-
-
-def resolve_format(processor, fmt: str | None) -> str:
-    return detect_format(processor) if fmt in (None, "auto") else fmt
 
 
 def prompt_record(query: str, n_images: int = 0, system: str | None = None,

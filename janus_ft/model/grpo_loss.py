@@ -5,7 +5,8 @@ Names and formulas follow TRL's `GRPOTrainer` (trl/trainer/grpo_trainer.py, `_co
 `_generate_and_score_completions`), so a recipe's `grpo.loss_type`, `beta`, `epsilon`,
 `scale_rewards` mean what they mean there:
 
-* advantage of completion i of a group: (r_i - mean(group)) / (std(group) + 1e-4), std unbiased;
+* advantage of completion i of a group: (r_i - mean(group)) / (std(group) + 1e-4), std unbiased, NaN
+  rewards (no reward applied) left out and given advantage 0;
 * ratio = exp(logp - logp_old) per token; surrogate -min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A);
 * KL to the reference per token (k3): exp(ref - logp) - (ref - logp) - 1, added as beta * KL;
 * `loss_type`: `grpo` averages each completion over its tokens, then over completions; `bnpo`
@@ -26,15 +27,23 @@ from ..recipe.grpo import LOSS_TYPES
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
     """Advantages of rewards laid out group after group (G consecutive completions per prompt).
 
+    NaN-aware as TRL: a NaN reward (no reward function applied to that completion) is left out of
+    its group's mean and std, and its own advantage is 0; a group with one scored completion has no
+    std, so its advantages are 0 too (with scaling).
+
     >>> [round(a, 4) for a in group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), 2).tolist()]
     [0.707, -0.707, 0.0, 0.0]
+    >>> [round(a, 4) for a in group_advantages(torch.tensor([1.0, 0.0, float("nan"), 3.0, 1.0, 2.0]), 3).tolist()]
+    [0.707, -0.707, 0.0, 0.9999, -0.9999, 0.0]
     """
+    from trl.trainer.utils import nanstd
+
     grouped = rewards.view(-1, group_size)
-    centred = (grouped - grouped.mean(1, keepdim=True)).flatten()
+    centred = (grouped - grouped.nanmean(1, keepdim=True)).flatten()
     if scale == "none":
-        return centred
-    std = grouped.std(1).repeat_interleave(group_size) if scale == "group" else rewards.std().expand_as(rewards)
-    return centred / (std + 1e-4)
+        return torch.nan_to_num(centred, nan=0.0)
+    std = nanstd(grouped, 1).repeat_interleave(group_size) if scale == "group" else nanstd(rewards).expand_as(rewards)
+    return torch.nan_to_num(centred / (std + 1e-4), nan=0.0)
 
 
 @dataclass

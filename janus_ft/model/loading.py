@@ -1,8 +1,8 @@
 """Loading: a transformers-native Janus and its processor, for training (optionally quantized)
 or for inference (optionally with a LoRA adapter, loaded exactly as plain PEFT loads it).
 
-`model.path: tiny` names the embedded tiny model, which the command line builds into the cache
-(`janus_ft.files.tiny_model_dir`); this layer only finds it there.
+`model.path: tiny` names the embedded tiny model, built into the cache (`janus_ft.files.tiny_model_dir`)
+the first time anything loads it, from Python or the command line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from ..errors import RecipeError, UserError
-from ..files import tiny_model_dir
 from ..janus import COMPONENT_PATHS, DTYPES, VQ_PATH
 
 # Files a processor directory has (transformers 5 keeps the image processor in processor_config.json).
@@ -20,14 +19,14 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def resolve_model_path(path: str) -> str:
-    """A checkpoint path or hub id as given; `tiny` is the embedded tiny model's cache directory."""
+    """A checkpoint path or hub id as given; `tiny` is the embedded tiny model's cache directory,
+    built there on first use (a second process waits for nothing: it builds its own copy aside and
+    the first one published wins)."""
     if path != "tiny":
         return path if Path(path).expanduser().exists() else hub_model(path)
-    tiny = tiny_model_dir()
-    if not tiny.is_dir():
-        raise UserError(f"model path 'tiny': the embedded tiny model is not built in {tiny.parent} yet; the "
-                        "janus-ft command line builds it on first use (or call janus_ft.tiny.tiny_path())")
-    return str(tiny)
+    from ..tiny import tiny_path
+
+    return str(tiny_path())
 
 
 def hub_model(repo_id: str, cache_dir: str | None = None) -> str:
@@ -190,14 +189,14 @@ def adapter_base(adapter: str | Path) -> str:
     from peft import PeftConfig
 
     if not (Path(adapter) / "adapter_config.json").is_file():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json there (not a PEFT adapter directory)")
+        raise UserError(f"adapter={adapter}: no adapter_config.json there (not a PEFT adapter directory)")
     try:
         base = PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"--adapter {adapter}: cannot read its adapter_config.json: {err}") from None
+        raise UserError(f"adapter={adapter}: cannot read its adapter_config.json: {err}") from None
     if not base:
         raise UserError(f"{Path(adapter) / 'adapter_config.json'} names no base_model_name_or_path: "
-                        "pass the base with --model")
+                        "pass the base model, model=PATH")
     return base
 
 
@@ -211,7 +210,7 @@ def load_base(model_path: str, dtype: str = "float32"):
     from transformers import JanusForConditionalGeneration
 
     if dtype not in DTYPES:
-        raise UserError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype={dtype}: expected one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_path)
     try:
         model = JanusForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -228,7 +227,7 @@ def attach_adapter(model, adapter: str | Path):
     try:
         return PeftModel.from_pretrained(model, str(adapter)).eval()
     except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"--adapter {adapter}: cannot load it onto this base model: {err}") from None
+        raise UserError(f"adapter={adapter}: cannot load it onto this base model: {err}") from None
 
 
 def load_processor(model_path: str, adapter: str | Path | None = None):
@@ -241,18 +240,3 @@ def load_processor(model_path: str, adapter: str | Path | None = None):
         return JanusProcessor.from_pretrained(str(source))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a Janus processor from {source}: {err}") from None
-
-
-def load_for_inference(model_path: str | None, adapter: str | Path | None = None, dtype: str = "float32"):
-    """(model, processor) in eval mode: base by path (or `tiny`), plus an optional LoRA adapter.
-
-    Without `model_path` the base is the adapter's `base_model_name_or_path`.
-    """
-    if model_path is None:
-        if adapter is None:
-            raise UserError("give --model (a Janus checkpoint) or --adapter (a LoRA adapter directory)")
-        model_path = adapter_base(adapter)
-    model = load_base(model_path, dtype)
-    if adapter is not None:
-        model = attach_adapter(model, adapter)
-    return model, load_processor(model_path, adapter)

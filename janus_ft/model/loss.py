@@ -1,10 +1,11 @@
-"""Forward and loss for mixed batches of text, understanding and generation samples.
+"""Forward and loss for mixed batches of text, understanding, generation and edit samples.
 
 transformers' `JanusForConditionalGeneration.forward` covers the text/understanding path only; the
 generation path (image tokens embedded through `generation_embeddings` -> `generation_aligner`,
 predicted by `generation_head`) has no training forward there. This module builds the input
-embeddings for all three tasks, runs the wrapped model once (so DDP / DeepSpeed / PEFT hooks see a
-normal forward), and scores every supervised position with the head of its target:
+embeddings for every task (an edit's source code blocks go through the generation path too), runs
+the wrapped model once (so DDP / DeepSpeed / PEFT hooks see a normal forward), and scores every
+supervised position with the head of its target:
 
 * a text target at t+1 is scored by `lm_head` at t,
 * an image-code target at t+1 by `generation_head` at t -- so the `<begin_of_image>` position
@@ -74,6 +75,9 @@ def input_embeddings(core, batch: dict, plan: dict, input_grad: bool = True) -> 
     if len(slots) != features.shape[0]:   # sizes known on the host: no device sync
         raise ValueError(f"{len(slots)} image placeholders but {features.shape[0]} image features")
     codes = batch["labels"].flatten().index_select(0, gen)
+    if "source_slots" in plan:   # edit sources as codes: embedded as targets are, in the same call
+        gen = torch.cat([gen, plan["source_slots"]])
+        codes = torch.cat([codes, batch["source_codes"].flatten().index_select(0, plan["source_slots"])])
     gen_embeds = core.prepare_embeddings_for_image_generation(codes).to(embeds.dtype)
     # Features go to their placeholders in row-major order, one image after the other, as the
     # collator concatenated `pixel_values`.
@@ -108,7 +112,7 @@ def compute_loss_parts(model, batch: dict, input_grad: bool = True, head_chunk_s
     (`JanusTrainer` passes what its arguments say). `head_chunk_size`: targets each head scores at
     a time (`model.head_chunk_size`, `janus_ft.model.heads`; 0: all at once).
 
-    The batch's `loss_plan` (`janus_ft.collate.loss_plan`, made by the collator on the CPU) says
+    The batch's `loss_plan` (`janus_ft.data.collate.loss_plan`, made by the collator on the CPU) says
     where targets and images sit; nothing here waits for the device to report a count, so a GPU
     step is queued without a host sync. A batch without a plan gets one here.
     """
@@ -137,19 +141,32 @@ def target_losses(model, batch: dict, input_grad: bool = True,
     def embed(module, args, kwargs):
         return args, {**kwargs, "inputs_embeds": input_embeddings(module, batch, plan, input_grad)}
 
+    # The final hidden states come from the Janus model's own output, not `output_hidden_states`:
+    # asking for those makes transformers hook every decoder and attention layer (for good), and in
+    # a compiled layer (janus_ft.model.compile) such a hook is a graph break.
+    last = {}
+
+    def keep_last(module, args, output):
+        last["hidden"] = output.last_hidden_state
+
     def head_losses(module, args, kwargs, output):
-        hidden = output.hidden_states[-1].flatten(0, 1)
+        hidden = last.pop("hidden").flatten(0, 1)
         return output, torch.cat([
             target_nll(module.lm_head, hidden.index_select(0, text - 1), labels.index_select(0, text), head_chunk_size),
             target_nll(module.model.generation_head, hidden.index_select(0, gen - 1), labels.index_select(0, gen),
                        head_chunk_size)])
 
-    hooks = [core.register_forward_pre_hook(embed, with_kwargs=True),
+    hooks = [core.register_forward_pre_hook(embed, with_kwargs=True), core.model.register_forward_hook(keep_last),
              core.register_forward_hook(head_losses, with_kwargs=True)]
+    # A packed batch's sample bounds go to the attention functions as the FlashAttention keyword
+    # arguments transformers forwards to them (janus_ft.model.attention: per-sample attention).
+    bounds = ({} if "cu_seq_lens" not in batch else {
+        "cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"],
+        "max_length_q": batch["max_length"], "max_length_k": batch["max_length"]})
     try:
         _, token_losses = model(
             attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-            output_hidden_states=True, logits_to_keep=text.new_empty(0), use_cache=False)
+            logits_to_keep=text.new_empty(0), use_cache=False, **bounds)
     finally:
         for hook in hooks:
             hook.remove()

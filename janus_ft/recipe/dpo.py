@@ -10,8 +10,10 @@ implement them, and accepting them silently would train something other than the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import RecipeError
+from .sections import Recipe
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -33,6 +35,15 @@ class DpoArgs:
                                        "of a reference forward (adapter disabled) in every step")
     precompute_ref_batch_size: int = _opt(8, "pairs per forward when precomputing reference log-probs")
     extra: dict = _opt({}, "not used: DPOConfig fields janus-ft dpo does not implement land here and are refused")
+
+
+@dataclass
+class DpoRecipe(Recipe):
+    """`janus-ft dpo`'s recipe: the shared sections and `dpo`."""
+
+    dpo: DpoArgs = field(default_factory=DpoArgs, metadata={"help": "DPO / IPO options, by TRL DPOConfig names"})
+
+    method: ClassVar[str] = "dpo"
 
 
 # DPOConfig fields with a janus_ft spelling, or that janus_ft sets itself.
@@ -64,5 +75,3 @@ def validate_dpo(recipe) -> None:
         raise RecipeError(f"dpo.rpo_alpha must be >= 0, got {d.rpo_alpha}")
     if d.precompute_ref_batch_size < 1:
         raise RecipeError(f"dpo.precompute_ref_batch_size must be >= 1, got {d.precompute_ref_batch_size}")
-    if recipe.data.packing:
-        raise RecipeError("data.packing: janus-ft dpo pads pairs (each row is one side of one pair); set it false")

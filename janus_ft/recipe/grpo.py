@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from ..errors import RecipeError
 from ..janus import CFG_SCALE
+from .sections import Recipe
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")   # TRL's names (GRPOConfig.loss_type) for the ones implemented
 SCALE_REWARDS = ("group", "batch", "none")
@@ -44,6 +46,15 @@ class GrpoArgs:
     seed: int | None = _opt(None, "seed of the sampling (default: train.seed)")
 
 
+@dataclass
+class GrpoRecipe(Recipe):
+    """`janus-ft grpo`'s recipe: the shared sections and `grpo`."""
+
+    grpo: GrpoArgs = field(default_factory=GrpoArgs, metadata={"help": "GRPO options, by TRL GRPOConfig names, and rewards"})
+
+    method: ClassVar[str] = "grpo"
+
+
 class UnsupportedGrpoFields(Mapping):
     """`GRPOConfig` fields a recipe may not set under `grpo` (see `recipe.load.lift_trl_fields`):
     training arguments belong to `train`; the rest janus_ft's trainer does not implement."""
@@ -72,8 +83,14 @@ class UnsupportedGrpoFields(Mapping):
         return len(self._names())
 
 
+def validate_grpo(recipe: GrpoRecipe) -> None:
+    """The `grpo` section's checks that need no process group (`check_grpo` adds the one that does)."""
+    t = recipe.train
+    check_grpo(recipe.grpo, t.per_device_train_batch_size, t.gradient_accumulation_steps, processes=1)
+
+
 def check_grpo(g: GrpoArgs, batch: int, accumulation: int, processes: int) -> None:
-    """Checks of the `grpo` section that `janus-ft grpo` needs (an SFT recipe never reads it)."""
+    """Checks of the `grpo` section for a run of `processes` processes."""
     if g.loss_type not in LOSS_TYPES:
         raise RecipeError(f"grpo.loss_type: unknown value {g.loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
     if g.scale_rewards not in SCALE_REWARDS:

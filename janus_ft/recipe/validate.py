@@ -36,11 +36,21 @@ def validate(recipe: Recipe) -> None:
             raise RecipeError(f"data.mix.{task} must be a number >= 0, got {ratio!r}")
     if d.mix and sum(d.mix.values()) <= 0:
         raise RecipeError("data.mix: at least one task needs a positive ratio")
-    if not 0 <= d.cfg_dropout < 1:
-        raise RecipeError(f"data.cfg_dropout must be in [0, 1), got {d.cfg_dropout}")
+    for key in ("cfg_dropout", "edit_source_code_dropout", "edit_cfg_dropout", "edit_uncond_dropout"):
+        if not 0 <= getattr(d, key) < 1:
+            raise RecipeError(f"data.{key} must be in [0, 1), got {getattr(d, key)}")
+    if d.edit_cfg_dropout + d.edit_uncond_dropout >= 1:
+        raise RecipeError(f"data.edit_cfg_dropout + data.edit_uncond_dropout must be below 1 (some edit samples "
+                          f"keep their instruction), got {d.edit_cfg_dropout} + {d.edit_uncond_dropout}")
+    _choice("data.packed_attention", d.packed_attention, ("auto", "per_sample", "mask"))
+    if d.packed_attention != "auto" and not d.packing:
+        raise RecipeError(f"data.packed_attention={d.packed_attention} chooses how packed rows attend, but "
+                          "data.packing is false: set data.packing=true, or leave data.packed_attention at auto")
     if d.packing and d.group_by_length:
         raise RecipeError("data.packing and data.group_by_length both set: packed rows have no padding "
                           "to save, pick one")
+    if d.pad_to_multiple_of is not None and (d.pad_to_multiple_of < 1 or d.packing):
+        raise RecipeError("data.pad_to_multiple_of must be >= 1, and applies to padded micro-batches (not data.packing)")
     if d.max_length < 8:
         raise RecipeError(f"data.max_length must be at least 8, got {d.max_length}")
     if not d.train:

@@ -1,30 +1,96 @@
-"""Preference tuning (`janus-ft dpo`): DPO / IPO with LoRA on pairs of any task, read top to bottom.
+"""Preference tuning (`janus-ft dpo`, `janus_ft.dpo`): DPO / IPO with LoRA on pairs of any task.
 
-load recipe -> read and check pairs -> load model and processor -> pair datasets and mixture ->
-apply LoRA -> trainer (-> precompute reference log-probs) -> train -> save adapter, processor,
-recipe, mixture and loss plot. Everything but the pair data and the loss is `janus-ft sft`'s.
+On the run lifecycle (`train.run`), DPO reads and checks pairs (TRL's prompt/chosen/rejected,
+ms-swift's rejected_response, text-to-image pairs with rejected_images) before any weight loads,
+builds one pair dataset per task (both sides' images VQ-encoded once) mixed at `data.mix`, and
+trains the preference loss: one forward scores both sides (`model.logprobs`), the reference being
+the same weights with the LoRA adapter disabled (no second model in memory) unless the pairs carry
+precomputed reference log-probs (`dpo.precompute_ref`). Per task it logs `loss_<task>` (mean pair
+loss) and TRL's DPO metrics -- `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+`rewards/accuracies`, `logps/chosen`, `logps/rejected` -- over all pairs and with a `_<task>` suffix.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
 
-from ..data.conversation import detect_format
 from ..data.dataset import JanusDataset, require_tasks, vq_codes, warn_dropped
-from ..data.mixture import MixtureDataset, lazy_hf_dataset, steps_for_epochs
+from ..data.images import bad_images_error
+from ..data.mixture import MixtureDataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
 from ..data.sources import read_source
-from ..errors import UserError
+from ..janus import TASK_IDS, TASK_NAMES
+from ..model.logprobs import target_logps
+from ..model.preference import preference_loss
 from ..recipe import Recipe, parse_source
-from ..recipe.dpo import validate_dpo
-from .distributed import distributed_state, world_size
-from .sft import SftResult, claim_output_dir, finish, sft_config, train
+from .base import JanusTrainer, outputs
+from .callbacks import MixtureCallback
+from .run import Method, Setup
+from .sft import concat_lazily, global_batch
 
 logger = get_logger(__name__)
+
+# Per-task statistics of a micro-batch's pairs, summed (the count is the pairs); logged per task
+# (`loss_<task>`, `rewards/chosen_<task>`, ...) and, but for the loss, over all pairs.
+STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "logps/rejected")
+TASK_STATS = [f"loss_{TASK_NAMES[t]}" if s == "loss" else f"{s}_{TASK_NAMES[t]}" for t in sorted(TASK_NAMES) for s in STATS]
+
+
+class DpoTrainer(JanusTrainer):
+    # The loss is a mean over the micro-batch's pairs: the Trainer divides it by the accumulation
+    # steps (equal micro-batches give the mean over the step) and DDP averages over the ranks.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, dpo=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dpo = dpo   # janus_ft.recipe.dpo.DpoArgs
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps = target_logps(model, inputs, input_grad=self.reentrant_checkpointing())
+        sums, counts = logps.sums, logps.counts
+        n = sums.shape[0] // 2
+        ref = inputs.get("ref_logps")
+        ref_chosen, ref_rejected = (ref[:, 0], ref[:, 1]) if ref is not None else self.reference_logps(
+            model, inputs).split(n)
+        d = self.dpo
+        out = preference_loss(sums[:n], sums[n:], ref_chosen.to(sums.dtype), ref_rejected.to(sums.dtype),
+                              counts[:n], counts[n:], d.beta, d.loss_type, d.label_smoothing, d.rpo_alpha)
+        stats, pairs = pair_stats(inputs["task_ids"][:n, 0], out, sums[:n].detach(), sums[n:].detach())
+        if model.training:
+            stopped = self.guard(model, torch.stack([stats[:, 0], pairs], 1), list(TASK_NAMES.values()), return_outputs)
+            if stopped is not None:
+                return stopped
+        self.metrics.add(self.mode, TASK_STATS, stats.flatten(), pairs.repeat_interleave(len(STATS)))
+        self.metrics.add(self.mode, list(STATS[1:]), stats[:, 1:].sum(0), pairs.sum())
+        loss = out.losses.mean()
+        return outputs(loss, return_outputs)
+
+    def reference_logps(self, model, inputs) -> torch.Tensor:
+        """Summed target log-probabilities of every row under the reference: the adapter disabled."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), unwrapped.disable_adapter():
+            return target_logps(unwrapped, inputs, input_grad=False).sums
+
+    def metric_values(self, stats: dict) -> dict[str, float]:
+        """Means, and `rewards/margins` (chosen - rejected) wherever both are there."""
+        values = super().metric_values(stats)
+        for key in [k for k in values if k.startswith("rewards/chosen")]:
+            rejected = key.replace("rewards/chosen", "rewards/rejected")
+            if rejected in values:
+                values[key.replace("rewards/chosen", "rewards/margins")] = values[key] - values[rejected]
+        return values
+
+
+def pair_stats(tasks: torch.Tensor, out, chosen: torch.Tensor, rejected: torch.Tensor):
+    """((tasks, len(STATS)) sums over the pairs of each task, (tasks,) pairs), on the device."""
+    columns = torch.stack([out.losses.detach(), out.chosen_rewards, out.rejected_rewards,
+                           (out.chosen_rewards > out.rejected_rewards).to(chosen.dtype), chosen, rejected], 1)
+    sums = columns.new_zeros(len(TASK_IDS), len(STATS)).index_add_(0, tasks, columns)
+    return sums, columns.new_zeros(len(TASK_IDS)).index_add_(0, tasks, torch.ones_like(chosen))
 
 
 def read_pairs(sources, seed: int) -> list:
@@ -41,9 +107,7 @@ def read_pair_data(recipe: Recipe) -> tuple[list, list]:
     require_tasks({t: [p for p in train_pairs if p.task == t] for t in recipe.data.mix}, recipe.data.mix)
     bad_images = check_pair_images(train_pairs + val_pairs)
     if bad_images:
-        shown = "\n  ".join(str(e) for e in bad_images[:10])
-        raise UserError(f"{len(bad_images)} bad image reference(s){' (first 10)' if len(bad_images) > 10 else ''}:"
-                        f"\n  {shown}")
+        raise bad_images_error(bad_images)
     return train_pairs, val_pairs
 
 
@@ -76,8 +140,6 @@ def precompute_reference(model, datasets: dict[str, PairDataset], collator: Pair
                          device, unconditional: bool = False) -> None:
     """Reference log-probs of every pair (adapter disabled, eval mode, no grad), stored on the datasets;
     with `unconditional`, of the blanked generation prompts too (what CFG dropout trains)."""
-    from ..model.logprobs import target_logps
-
     was_training = model.training
     model.eval()
     with torch.no_grad(), model.disable_adapter():
@@ -100,59 +162,43 @@ def _to(value, device):
     return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
-def run_dpo(recipe: Recipe) -> SftResult:
-    """Preference-tune as the recipe says; the adapter and its companions land in `recipe.output_dir`."""
-    from transformers import set_seed
+class DPO(Method):
+    name = "dpo"
+    trainer_class = DpoTrainer
 
-    from ..model.loading import check_quantization, load_model_and_processor, train_in_fp32
-    from ..model.lora import apply_lora, trainable_table
-    from .checkpoint import SaveEverySteps, SignalCheckpoint
-    from .dpo_trainer import JanusDpoTrainer
-    from .probe import TrainingProbe
-    from .trainer import ConsoleCallback, MixtureCallback
+    def read(self, recipe, processor, fmt, inputs):
+        return read_pair_data(recipe)
 
-    out, t, started = Path(recipe.output_dir), recipe.train, time.monotonic()
-    validate_dpo(recipe)
-    distributed_state()
-    check_quantization(recipe.model.quantization)
-    train_pairs, val_pairs = read_pair_data(recipe)
-    resume_from = claim_output_dir(recipe)
-    model, processor = load_model_and_processor(recipe.model)
-    fmt = detect_format(processor) if recipe.model.format == "auto" else recipe.model.format
-    train_sets = build_pair_datasets(train_pairs, model, processor, recipe, fmt)
-    require_tasks(train_sets, recipe.data.mix)   # again: pairs may be dropped for length
-    val_sets = build_pair_datasets(val_pairs, model, processor, recipe, fmt)
+    def build(self, recipe, model, processor, fmt, data) -> Setup:
+        from .probe import TrainingProbe
 
-    set_seed(t.seed)   # LoRA's A matrices: the same recipe gives the same adapter (see run_sft)
-    model = apply_lora(model, recipe.lora)
-    logger.info("trainable parameters:\n" + trainable_table(model))
+        train_pairs, val_pairs = data
+        train_sets = build_pair_datasets(train_pairs, model, processor, recipe, fmt)
+        require_tasks(train_sets, recipe.data.mix)   # again: pairs may be dropped for length
+        val_sets = build_pair_datasets(val_pairs, model, processor, recipe, fmt)
+        t, d, block = recipe.train, recipe.data, global_batch(recipe)
+        steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(
+            {task: len(ds) for task, ds in train_sets.items()}, d.mix, block, t.num_train_epochs)
+        mixture = MixtureDataset(train_sets, d.mix, block, steps, t.seed, d.cfg_dropout, group_by_length=d.group_by_length)
+        setup = Setup(
+            train_dataset=mixture.as_hf_dataset(PAIR_KEYS), eval_dataset=concat_lazily(list(val_sets.values()), PAIR_KEYS),
+            collator=PairCollator(processor.tokenizer.pad_token_id, model.config.image_token_id, d.pad_to_multiple_of),
+            steps=steps, callbacks=[MixtureCallback(mixture, block, mixture.ratios)],
+            probe=TrainingProbe(processor, fmt, chosen_sets(val_pairs, processor, fmt, recipe), t.eval_answers,
+                                t.eval_images, t.sample_prompts, t.per_device_eval_batch_size,
+                                system_prompt=d.system_prompt),
+            trainer_kwargs={"dpo": recipe.dpo})
+        self.sets, self.cfg_dropout = (train_sets, val_sets), d.cfg_dropout
+        return setup
 
-    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size()
-    steps = t.max_steps if t.max_steps > 0 else steps_for_epochs(
-        {task: len(ds) for task, ds in train_sets.items()}, recipe.data.mix, global_batch, t.num_train_epochs)
-    mixture = MixtureDataset(train_sets, recipe.data.mix, global_batch, steps, t.seed, recipe.data.cfg_dropout,
-                             group_by_length=recipe.data.group_by_length)
-    index = [(ds, i) for ds in val_sets.values() for i in range(len(ds))]
-    eval_set = lazy_hf_dataset(len(index), lambda p: index[p][0].sample(index[p][1]), PAIR_KEYS) if index else None
-    collator = PairCollator(processor.tokenizer.pad_token_id, model.config.image_token_id)
-    trainer = JanusDpoTrainer(
-        model=model, args=sft_config(recipe, steps, eval_set is not None),
-        train_dataset=mixture.as_hf_dataset(PAIR_KEYS), eval_dataset=eval_set, processing_class=processor,
-        data_collator=collator,
-        callbacks=[MixtureCallback(mixture, global_batch, mixture.ratios), SaveEverySteps(t.save_last),
-                   stopper := SignalCheckpoint()],
-        nan_policy=t.nan_policy, dpo=recipe.dpo,
-        probe=TrainingProbe(processor, fmt, chosen_sets(val_pairs, processor, fmt, recipe), t.eval_answers,
-                            t.eval_images, t.sample_prompts, t.per_device_eval_batch_size,
-                            system_prompt=recipe.data.system_prompt))
-    ConsoleCallback.replace_defaults(trainer)
-    if recipe.model.quantization != "none":
-        train_in_fp32(trainer.model)
-    if recipe.dpo.precompute_ref:
-        ref_started = time.monotonic()
-        for sets, blank in ((train_sets, recipe.data.cfg_dropout > 0), (val_sets, False)):
-            precompute_reference(trainer.model, sets, collator, recipe.dpo.precompute_ref_batch_size,
+    def before_training(self, trainer, setup: Setup) -> None:
+        """With dpo.precompute_ref, every pair's reference log-probs, once, before the first step."""
+        options = trainer.dpo
+        if not options.precompute_ref:
+            return
+        started = time.monotonic()
+        train_sets, val_sets = self.sets
+        for sets, blank in ((train_sets, self.cfg_dropout > 0), (val_sets, False)):
+            precompute_reference(trainer.model, sets, trainer.data_collator, options.precompute_ref_batch_size,
                                  trainer.args.device, unconditional=blank)
-        logger.info(f"reference log-probs precomputed in {time.monotonic() - ref_started:.1f} s")
-    train(trainer, resume_from, stopper)
-    return finish(trainer, stopper, processor, out, started, evaluate_last=eval_set is not None)
+        logger.info(f"reference log-probs precomputed in {time.monotonic() - started:.1f} s")

@@ -1,13 +1,16 @@
-"""`loss.png`: total and per-task training (and validation) loss curves from the trainer's log."""
+"""The plots of a run: `loss.png` (total and per-task training and validation loss) and, for GRPO,
+`reward.png` (mean reward of the sampled batches and of the held-out prompts), from the log."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-SERIES = ("loss", "loss_understanding", "loss_text", "loss_generation",
-          "eval_loss", "eval_loss_understanding", "eval_loss_text", "eval_loss_generation")
+from ..janus import TASKS
+
+SERIES = ("loss", *(f"loss_{t}" for t in TASKS), "eval_loss", *(f"eval_loss_{t}" for t in TASKS))
 # One colour per task, train solid and validation dashed: the two curves of a task read as a pair.
-COLOURS = {"loss": "black", "understanding": "tab:blue", "text": "tab:green", "generation": "tab:red"}
+COLOURS = {"loss": "black", "understanding": "tab:blue", "text": "tab:green", "generation": "tab:red",
+           "edit": "tab:purple"}
 
 
 def loss_series(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -45,6 +48,28 @@ def plot_losses(log_history: list[dict], path: str | Path) -> Path:
     ax.set_title("janus-ft loss per task (solid: training batches, dashed: validation set)", fontsize=10)
     if series:
         ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_rewards(log_history: list[dict], path: str | Path) -> Path:
+    """`reward.png`: the mean reward of the sampled batches and of the held-out prompts, per step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, style in (("reward", {"color": "black", "label": "training batches"}),
+                       ("eval_reward", {"color": "tab:red", "linestyle": "--", "marker": "o", "label": "held-out prompts"})):
+        points = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+        if points:
+            ax.plot(*zip(*points), **style)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward (weighted sum of the reward functions)")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -1,25 +1,27 @@
 """Evaluation during training: at every evaluation the Trainer runs (`train.eval_steps`), answer a
-few validation records and draw a few captions, with the metrics and sample grids of `janus-ft eval`.
+few validation records, draw a few captions and make a few edits, with the metrics and sample grids
+of `janus-ft eval` (edits below the captions in the same grid: source | target | result rows).
 
 The Trainer already logs the validation loss per task; this adds what a loss cannot show -- exact
 match / CER on generated answers, and what the image path draws -- so a regression on the other
 path shows up while the run can still be stopped. Metrics go to the Trainer's log (TensorBoard
-included, as scalars); grids to `output_dir/samples/step-N.png` and, when TensorBoard is a logger,
-as images.
+included, as scalars); the trainer (`base.JanusTrainer.publish_grid`) writes the grid to
+`output_dir/samples/step-N.png` and, when TensorBoard is a logger, as an image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..data.dataset import JanusDataset
 from ..data.vq import decode_codes_to_pil
-from ..eval.evaluate import EvalSettings, answer_records, sample_grid
+from ..eval.evaluate import EvalSettings, answer_records, edit_grid, sample_grid
 from ..infer.chat import Decoding
 from ..infer.generate import contact_sheet, sample_codes
+
+IMAGE_TASKS = ("generation", "edit")   # drawn, not answered
 
 
 @dataclass
@@ -28,48 +30,53 @@ class TrainingProbe:
     fmt: str
     val_sets: dict          # task -> JanusDataset
     answers: int            # understanding / text records answered per evaluation
-    images: int             # generation captions drawn per evaluation
+    images: int             # generation captions drawn (and edits made) per evaluation
     prompts: list           # fixed captions to draw instead of the first val captions
     batch_size: int = 8
     max_new_tokens: int = 64
     system_prompt: str | None = None
 
     def enabled(self) -> bool:
-        return bool(self.answers and any(t != "generation" for t in self.val_sets)) or bool(self.image_count())
+        return (bool(self.answers and any(t not in IMAGE_TASKS for t in self.val_sets)) or bool(self.image_count())
+                or bool(self.edit_count()))
 
     def image_count(self) -> int:
         if not self.images:
             return 0
         return len(self.prompts[:self.images]) if self.prompts else min(self.images, len(self.val_sets.get("generation", ())))
 
+    def edit_count(self) -> int:
+        return min(self.images, len(self.val_sets.get("edit", ())))
+
     @torch.no_grad()
-    def run(self, model, step: int, output_dir: Path) -> tuple[dict, Path | None]:
-        """(metrics named `eval_<task>_<metric>`, path of the step's sample grid or None)."""
+    def run(self, model, state=None) -> tuple[dict, object]:
+        """(metrics named `eval_<task>_<metric>`, the step's sample grid as an image, or None)."""
         was_training = model.training
         model.eval()
         try:
-            metrics = self._answer(model)
-            grid = self._draw(model)
+            return self._answer(model), self._draw(model)
         finally:
             model.train(was_training)
-        path = None
-        if grid is not None:
-            path = Path(output_dir) / "samples" / f"step-{step}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grid.save(path)
-        return metrics, path
 
     def _answer(self, model) -> dict:
         metrics = {}
         decoding = Decoding(self.max_new_tokens, system_prompt=self.system_prompt)
         for task, ds in self.val_sets.items():
-            if task == "generation" or not self.answers or not len(ds):
+            if task in IMAGE_TASKS or not self.answers or not len(ds):
                 continue
             scores, _ = answer_records(model, self.processor, self.fmt, ds, decoding, self.batch_size, self.answers)
             metrics.update({f"eval_{task}_{name}": value for name, value in scores.items()})
         return metrics
 
     def _draw(self, model):
+        grids = [grid for grid in (self._draw_captions(model), self._draw_edits(model)) if grid is not None]
+        return grids[0] if len(grids) == 1 else stacked(grids) if grids else None
+
+    def _draw_edits(self, model):
+        n = self.edit_count()
+        return edit_grid(model, self.processor, self.fmt, self.val_sets["edit"], EvalSettings(), limit=n)["image"] if n else None
+
+    def _draw_captions(self, model):
         n = self.image_count()
         if not n:
             return None
@@ -81,12 +88,14 @@ class TrainingProbe:
         return contact_sheet(decode_codes_to_pil(model, torch.stack(codes)), columns=n)
 
 
-def tensorboard_image(callbacks, tag: str, path: Path, step: int) -> None:
-    """Add a PNG to the event file the Trainer's TensorBoard callback writes its scalars to."""
-    import numpy as np
+def stacked(images: list, gap: int = 6):
+    """Grids one above the other on white, left-aligned."""
     from PIL import Image
-    from transformers.integrations import TensorBoardCallback
 
-    for callback in callbacks:
-        if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-            callback.tb_writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+    sheet = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images) + gap * (len(images) - 1)),
+                      "white")
+    top = 0
+    for im in images:
+        sheet.paste(im, (0, top))
+        top += im.height + gap
+    return sheet

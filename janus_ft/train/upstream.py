@@ -2,7 +2,8 @@
 
 - transformers' `Trainer._save_checkpoint` / `_get_output_dir`: overridden so a checkpoint is
   written aside and renamed into place (`AtomicCheckpoints`);
-- TRL's `SFTTrainer._metrics`: where per-task losses join TRL's own logged metrics (`record_metric`);
+- TRL's `unwrap_model_for_generation` (public in `trl.models.utils`, listed here as it reaches into
+  DeepSpeed's hooks): GRPO samples from ZeRO-3 weights gathered on every rank (`base.generation_model`);
 - accelerate's `AcceleratorState._reset_state`: DeepSpeed over gloo on CPU ranks needs the state
   rebuilt (`reset_accelerate_state`).
 
@@ -57,12 +58,6 @@ class AtomicCheckpoints:
     def _get_output_dir(self, trial):
         # While a checkpoint is being saved, the Trainer's run directory is the staging directory.
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
-
-
-def record_metric(trainer, mode: str, key: str, value: float) -> None:
-    """Add a value to TRL's metric store: averaged over the logging interval and logged with `loss`
-    (`mode` is "train" or "eval")."""
-    trainer._metrics[mode][key].append(value)
 
 
 def reset_accelerate_state() -> None:

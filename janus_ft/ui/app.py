@@ -132,22 +132,26 @@ def generate_tab(bench: Workbench):
 
     with gr.Row():
         with gr.Column(scale=2):
-            caption = gr.Textbox(label="caption", elem_id="gen-caption")
+            caption = gr.Textbox(label="caption (with source images: the edit instruction)", elem_id="gen-caption")
+            sources = gr.File(label="source image(s) to edit (optional)", file_count="multiple", file_types=["image"],
+                              type="filepath", elem_id="gen-sources")
             model = gr.Dropdown(bench.names, value=bench.names[-1], label="model")
             n_images = gr.Slider(1, 16, value=4, step=1, label="images", elem_id="gen-n")
             cfg = gr.Slider(1, 10, value=CFG_SCALE, step=0.5, label="CFG scale")
             temperature = gr.Slider(0, 2, value=1, step=0.05, label="temperature (0 = greedy)")
+            image_cfg = gr.Slider(0, 5, value=1, step=0.25, label="edit: guidance towards the sources (1 = none)")
             seed = gr.Number(0, precision=0, label="seed", elem_id="gen-seed")
             draw = gr.Button("Generate", variant="primary", elem_id="gen-go")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="images", format="png", columns=4, elem_id="gen-gallery")
 
     @shown
-    def generate(caption, name, n, cfg, temperature, seed):
-        images = bench.draw(name, caption, int(n), float(cfg), float(temperature), int(seed or 0))
+    def generate(caption, sources, name, n, cfg, temperature, image_cfg, seed):
+        images = bench.draw(name, caption, int(n), float(cfg), float(temperature), int(seed or 0),
+                            images=list(sources or []), image_cfg=float(image_cfg))
         return [(im, f"{name} #{i}") for i, im in enumerate(images)]
 
-    draw.click(generate, [caption, model, n_images, cfg, temperature, seed], gallery)
+    draw.click(generate, [caption, sources, model, n_images, cfg, temperature, image_cfg, seed], gallery)
     return model
 
 
