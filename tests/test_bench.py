@@ -429,13 +429,13 @@ def test_gpu_script_dry_run_writes_the_tables(tmp_path):
     subprocess.run(["bash", str(REPO / "scripts" / "gpu_bench.sh"), "tiny", str(tmp_path)], cwd=REPO, env=env,
                    check=True, capture_output=True)
     md = (tmp_path / "tiny.md").read_text()
-    for lever in LEVERS:
+    assert [lever.key for lever in LEVERS] == ["data.packed_attention", "model.head_chunk_size", "model.compile",
+                                               "train.dataloader_num_workers"]
+    for lever in LEVERS:   # every lever's key is in this build: none is skipped
+        assert has_key(lever.key)
         rows = [line for line in md.splitlines() if f"`{lever.key}=" in line or line.startswith(f"| {lever.name} |")]
-        if has_key(lever.key):
-            assert [r.split(" | ")[1] for r in rows] == [f"`{lever.key}={lever.on}`", f"`{lever.key}={lever.off}`"]
-            assert rows[0].count("x |") == 2
-        else:
-            assert rows == [f"| {lever.name} | skipped: `{lever.key}` is not a recipe key in this build | | | | | | |"]
+        assert [r.split(" | ")[1] for r in rows] == [f"`{lever.key}={lever.on}`", f"`{lever.key}={lever.off}`"]
+        assert rows[0].count("x |") == 2
     for task in ("understanding", "generation"):
         assert "janus-ft bench --memory: tiny, float32, LoRA r 8" in md and f"batch: {task} " in md
     assert md.count("| **peak, tensors** |") == 2 and md.count("| lever | setting |") == 1
