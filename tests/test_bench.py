@@ -305,3 +305,137 @@ def test_a_variant_process_ends_with_the_benchmark_that_started_it():
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its parent")
+
+
+# --- memory of one step (`--memory`), levers on and off (`--levers`), random models layer by layer ---
+
+def test_tensor_memory_counts_live_storages_by_kind():
+    import torch
+
+    from janus_ft.bench.memory import TensorMemory
+
+    weight = nn.Parameter(torch.ones(100))
+    memory = TensorMemory(vocab_sizes={10}, head_weights=[])
+    hooks = memory.track_gradients([weight])
+    with memory:
+        a = torch.zeros(1000)                  # 4000 bytes
+        logits = torch.zeros(5, 10)            # 200 bytes, as wide as a vocabulary
+        view = a.view(10, 100)
+        a.add_(1)                              # a view and an in-place op allocate nothing
+        doubled = a * 2                        # 4000 bytes, freed below
+        del doubled
+        (weight * 3).sum().backward()          # the gradient: 400 bytes, trainable
+    for hook in hooks:
+        hook.remove()
+    assert memory.peak == 4000 + 200 + 4000   # a, logits and doubled
+    assert memory.at_peak == {"trainable": 0, "activations": 8000, "logits": 200}
+    assert memory.now == {"trainable": 400, "activations": 4000, "logits": 200}
+    del a, view, logits
+    weight.grad = None
+    assert memory.now == {"trainable": 0, "activations": 0, "logits": 0}
+
+
+def test_memory_batches_hold_the_task_and_tokens_asked_for(tmp_path, tiny_processor, tiny_model):
+    from janus_ft.bench.memory import memory_batch
+
+    image_id, n = tiny_model.config.image_token_id, tiny_processor.num_image_tokens
+    understanding = memory_batch(tiny_processor, "understanding", 64, 2, 256, image_id, tmp_path)
+    assert list(understanding["input_ids"].shape) == [2, 64] and understanding["pixel_values"].shape[0] == 2
+    assert len(understanding["loss_plan"]["text_targets"]) > 2 * 20 and len(understanding["loss_plan"]["gen_targets"]) == 0
+    generation = memory_batch(tiny_processor, "generation", 64, 2, 256, image_id, tmp_path)
+    samples = int((generation["position_ids"] == 0).sum())
+    assert generation["input_ids"].shape[0] == 1 and samples == 128 // (generation["input_ids"].shape[1] // samples)
+    assert len(generation["loss_plan"]["gen_targets"]) == samples * n and len(generation["loss_plan"]["text_targets"]) == 0
+
+
+def test_memory_step_chunked_heads_save_at_least_the_logits(tmp_path, tiny_dir, tiny_model):
+    """One step of the tiny model on a text batch: chunked heads lower the step's tensor peak by more
+    than the float32 logits of its targets weigh, and the peak adds up."""
+    reports = {}
+    for chunk in (0, 8):
+        out = tmp_path / f"{chunk}.json"
+        assert main(["bench", "--memory", "text:96", "--recipe", str(REPO / "recipes" / "demo.yaml"),
+                     "train.per_device_train_batch_size=2", f"model.head_chunk_size={chunk}", "--json", str(out)]) == 0
+        reports[chunk] = json.loads(out.read_text())
+    one, chunked = reports[0], reports[8]
+    n = one["batch"]["text_targets"]
+    assert one["batch"] == chunked["batch"] and one["batch"]["shape"] == [2, 96] and n > 140
+    assert one["loss"] == pytest.approx(chunked["loss"], rel=1e-6)
+    logits = n * tiny_model.config.text_config.vocab_size * 4
+    assert one["peak_bytes"] - chunked["peak_bytes"] >= logits
+    assert one["peak_logits_bytes"] >= 2 * logits and chunked["peak_logits_bytes"] <= one["peak_logits_bytes"] * 8 / n * 1.5
+    for r in (one, chunked):
+        at = r["at_peak_bytes"]
+        assert sum(at.values()) == r["peak_bytes"] and at["weights"] == r["held_bytes"]["weights"] > 0
+        assert at["trainable"] >= r["held_bytes"]["trainable"] > 0 and r["process"]["memory_kind"] == "rss_peak"
+
+
+def test_random_models_are_written_one_layer_at_a_time(tmp_path):
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    from janus_ft.bench.random_model import write_random_model
+    from janus_ft.tiny import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer)
+    config.text_config.num_hidden_layers = 3
+    write_random_model(tmp_path, config, tokenizer)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "model-layer-001.safetensors", "model-layer-002.safetensors", "model-rest.safetensors"]
+    model, info = JanusForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()) and model.dtype == torch.bfloat16
+    layers = model.model.language_model.layers
+    weights = [layer.mlp.up_proj.weight.detach().float() for layer in layers]
+    assert len(layers) == 3 and not torch.equal(weights[1], weights[2]) and not torch.equal(weights[0], weights[1])
+    assert all(0.015 < float(w.std()) < 0.025 for w in weights)
+    assert all(torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight)) for layer in layers)
+
+
+def lever_run(key, setting, seconds, memory):
+    variant = {"step_time_s": seconds, "real_tokens_per_s": 1000 / seconds, "mfu": 0.25, "peak_memory_bytes": memory,
+               "memory_kind": "cuda_max_allocated"}
+    report = {"machine": {"gpu": "GPU X", "torch_threads": 4}, "model": {"random_model": "janus-pro-1b"},
+              "compute_dtype": "bfloat16", "variants": [variant]}
+    return {"lever": "chunked heads", "key": key, "setting": setting, "report": report}
+
+
+def test_levers_table_pairs_on_with_off_and_names_what_it_skipped():
+    from janus_ft.bench.levers import format_levers
+
+    report = {"steps": 6, "warmup": 2, "runs": [
+        {"lever": "compiled decoder layers", "key": "model.compile", "skipped": "`model.compile` is not a recipe key"},
+        lever_run("model.head_chunk_size", "1024", 2.0, 3 * 2 ** 30), lever_run("model.head_chunk_size", "0", 2.5, 4 * 2 ** 30)]}
+    assert format_levers(report).splitlines() == [
+        "janus-ft bench --levers: GPU X (4 threads), janus-pro-1b, bfloat16, 6 steps after 2 warm-up, memory = "
+        "cuda_max_allocated", "",
+        "| lever | setting | s/step | real tokens/s | MFU | peak memory (GiB) | speed, on / off | memory, on / off |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| compiled decoder layers | skipped: `model.compile` is not a recipe key | | | | | | |",
+        "| chunked heads | `model.head_chunk_size=1024` | 2 | 500 | 25.0% | 3.00 | 1.250x | 0.750x |",
+        "|  | `model.head_chunk_size=0` | 2.5 | 400 | 25.0% | 4.00 |  |  |"]
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_writes_the_tables(tmp_path):
+    """`scripts/gpu_bench.sh tiny`: the commands of the GPU run on the tiny model, on CPU, writing the
+    markdown docs/benchmarks.md shows: every lever on and off (or skipped), and the memory tables."""
+    import os
+    import subprocess
+
+    from janus_ft.bench.levers import LEVERS, has_key
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run(["bash", str(REPO / "scripts" / "gpu_bench.sh"), "tiny", str(tmp_path)], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    md = (tmp_path / "tiny.md").read_text()
+    assert [lever.key for lever in LEVERS] == ["data.packed_attention", "model.head_chunk_size", "model.compile",
+                                               "train.dataloader_num_workers"]
+    for lever in LEVERS:   # every lever's key is in this build: none is skipped
+        assert has_key(lever.key)
+        rows = [line for line in md.splitlines() if f"`{lever.key}=" in line or line.startswith(f"| {lever.name} |")]
+        assert [r.split(" | ")[1] for r in rows] == [f"`{lever.key}={lever.on}`", f"`{lever.key}={lever.off}`"]
+        assert rows[0].count("x |") == 2
+    for task in ("understanding", "generation"):
+        assert "janus-ft bench --memory: tiny, float32, LoRA r 8" in md and f"batch: {task} " in md
+    assert md.count("| **peak, tensors** |") == 2 and md.count("| lever | setting |") == 1

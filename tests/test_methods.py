@@ -92,3 +92,35 @@ def test_recipes_load_from_a_dict_or_an_object_with_overrides_as_a_dict():
 def test_docs_table_is_current():
     assert (REPO / "docs/recipe_keys.md").read_text() == DOC_HEADER + keys_table(), (
         "regenerate: python -m janus_ft.recipe.methods > docs/recipe_keys.md")
+
+
+METHOD_RUNS = {
+    "sft": ["train.max_steps=1"],
+    "dpo": ["train.max_steps=1", "data.val=[]", "train.per_device_train_batch_size=2"],
+    "dpo-precomputed": ["train.max_steps=1", "data.val=[]", "train.per_device_train_batch_size=2",
+                        "dpo.precompute_ref=true"],
+    "grpo": ["train.max_steps=1", "data.val=[]", "grpo.beta=0.1", "grpo.num_generations=2",
+             "grpo.max_completion_length=2", "train.per_device_train_batch_size=2"],
+}
+
+
+@pytest.mark.parametrize("run", list(METHOD_RUNS))
+def test_every_method_scores_its_targets_model_head_chunk_size_at_a_time(run, tmp_path, tiny_dir, monkeypatch):
+    """`model.head_chunk_size` reaches every head call of every method: SFT's loss, DPO's policy and
+    reference log-probs (live or precomputed), GRPO's policy and reference (grpo.beta) log-probs."""
+    import janus_ft
+    from janus_ft.model import loss
+
+    sizes, scored = [], loss.target_nll
+
+    def spy(head, hidden, targets, chunk_size):
+        sizes.append(chunk_size)
+        return scored(head, hidden, targets, chunk_size)
+
+    monkeypatch.setattr(loss, "target_nll", spy)
+    method = run.split("-")[0]
+    recipe = load_recipe(REPO / "recipes" / SHIPPED[method], [f"output_dir={tmp_path / 'run'}", "train.disable_tqdm=true",
+                                                              "model.head_chunk_size=3", *METHOD_RUNS[run]])
+    getattr(janus_ft, method)(recipe)
+    # two heads per forward: policy only (SFT), policy + reference (DPO, GRPO with beta)
+    assert len(sizes) >= (2 if method == "sft" else 4) and set(sizes) == {3}

@@ -45,7 +45,8 @@ def bench_interleaved(recipes: dict, variants: list[str], setup: Setup | None, s
                 timer.exclude(timer.now() - wall, time.process_time() - cpu)
 
         try:
-            trainer_loop(model, mixture, collator, args, setup.processor, timer, between=between)
+            trainer_loop(model, mixture, collator, args, setup.processor, timer, between=between,
+                         head_chunk_size=base.model.head_chunk_size)
         finally:
             for g in guests.values():
                 getattr(g, "finish", lambda: None)()
@@ -76,9 +77,10 @@ def guest(name: str, model, recipes: dict, setup: Setup, out: str, n_steps: int)
     apply_levers(model, recipe)
     timer = StepTimer(FlopModel.of(model), args.device)
     if name == "bare":
-        return BareLoop(model, mixture, collator, args, n_steps, timer)
+        return BareLoop(model, mixture, collator, args, n_steps, timer, recipe.model.head_chunk_size)
     return TrainerTurns(lambda between: trainer_loop(model, mixture, collator, args, setup.processor, timer,
-                                                     between=between), timer)
+                                                     between=between, head_chunk_size=recipe.model.head_chunk_size),
+                        timer)
 
 
 def turn_orders(variants: list[str], n_steps: int, seed: int) -> list[list[str]]:

@@ -11,8 +11,11 @@ import time
 
 import torch
 
+from ..model.heads import HEAD_CHUNK_SIZE
 
-def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None, between=None) -> None:
+
+def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None, between=None,
+                 head_chunk_size: int = HEAD_CHUNK_SIZE) -> None:
     """Train with janus_ft's trainer, timed by stage. `between(before_step, step)`, if given, is
     called at each step's begin (True) and end (False); it must charge its own time off `timer`."""
     from transformers import TrainerCallback
@@ -64,8 +67,8 @@ def trainer_loop(model, mixture, collator, args, processor, timer, reencode=None
         def on_train_begin(self, args, state, control, **kwargs):
             timer.restart()
 
-    trainer = TimedTrainer(model=model, args=args, train_dataset=mixture.as_hf_dataset(),
-                           processing_class=processor, data_collator=collator, callbacks=[Stopwatch()])
+    trainer = TimedTrainer(model=model, args=args, train_dataset=mixture.as_hf_dataset(), processing_class=processor,
+                           data_collator=collator, callbacks=[Stopwatch()], head_chunk_size=head_chunk_size)
     trainer.train()
 
 
@@ -121,14 +124,14 @@ class BareLoop:
     """The same training with nothing but PyTorch: what the framework is measured against. Built
     once, then `step()` runs one optimizer step (so it can also take turns with the trainer)."""
 
-    def __init__(self, model, mixture, collator, args, n_steps: int, timer):
+    def __init__(self, model, mixture, collator, args, n_steps: int, timer, head_chunk_size: int = HEAD_CHUNK_SIZE):
         from accelerate.utils import send_to_device
         from transformers import get_scheduler
 
         from ..model.loss import compute_loss_parts, core_model
 
         self.send, self.loss_parts = send_to_device, compute_loss_parts
-        self.model, self.args, self.timer = model, args, timer
+        self.model, self.args, self.timer, self.head_chunk_size = model, args, timer, head_chunk_size
         self.device = torch.device(args.device)
         if not getattr(core_model(model), "hf_device_map", None):   # quantized models are placed at load
             model.to(self.device)
@@ -158,7 +161,7 @@ class BareLoop:
             with timer.part("forward"):   # the move to the device included, as in the trainer
                 batch = self.send(batch, self.device, non_blocking=True)
                 with self.autocast():
-                    loss = self.loss_parts(model, batch, input_grad=False).total / max(n_items, 1)
+                    loss = self.loss_parts(model, batch, False, self.head_chunk_size).total / max(n_items, 1)
             with timer.part("backward"):
                 loss.backward()
             timer.loss += loss.item()

@@ -11,7 +11,8 @@ second, `janus_ft.bench.throughput`, over a matmul timed on the same device in t
     cache          generation targets re-encoded by the VQ encoder every step vs the code cache
     checkpointing  gradient checkpointing on vs off (peak memory)
     "KEY=VALUE .."  the recipe with these overrides: how the same model trains on the same samples
-                   (train.*, data.packing, data.packed_attention, data.group_by_length, model.compile),
+                   (train.*, data.packing, data.packed_attention, data.group_by_length, model.compile,
+                   model.head_chunk_size),
                    e.g. --compare data.packing=true --compare "data.packing=true data.packed_attention=mask"
 
 Timing wraps the trainer's own stages (a subclass hook per stage, plus callbacks), with a device
@@ -44,13 +45,15 @@ from pathlib import Path
 import torch
 
 from .interleave import bench_interleaved
-from .setup import BASELINE, Setup, compute_dtype, prepare, random_model_path, release_memory
+from .random_model import random_model_path
+from .setup import BASELINE, Setup, compute_dtype, prepare, release_memory
 
 INTERLEAVED = "interleaved"   # a child process's --variant under --interleave
 COMPARISONS = {"bare": "bare", "cache": "reencode", "checkpointing": "checkpointing"}
 # What an override variant may change: how the same model trains on the same samples (the model,
 # its LoRA and the datasets are built once for every variant).
-VARIANT_KEYS = ("train.", "data.packing", "data.packed_attention", "data.group_by_length", "model.compile")
+VARIANT_KEYS = ("train.", "data.packing", "data.packed_attention", "data.group_by_length", "model.compile",
+                "model.head_chunk_size")
 
 
 def benchmark(args) -> dict:
@@ -149,11 +152,12 @@ def bench_variant(recipe, name: str, setup: Setup, steps: int, warmup: int, peak
         reencode = Reencoder(model, setup.train_sets) if name == "reencode" else None
         memory = PeakMemory(args.device)
         if name == "bare":
-            loop = BareLoop(model, mixture, collator, args, warmup + steps, timer)
+            loop = BareLoop(model, mixture, collator, args, warmup + steps, timer, recipe.model.head_chunk_size)
             for _ in range(warmup + steps):
                 loop.step()
         else:
-            trainer_loop(model, mixture, collator, args, setup.processor, timer, reencode)
+            trainer_loop(model, mixture, collator, args, setup.processor, timer, reencode,
+                         head_chunk_size=recipe.model.head_chunk_size)
         result = summarize(name, timer.steps[warmup:], peak, memory.read())
         if reencode is not None:
             result["reencoded_codes_differing"] = reencode.differing

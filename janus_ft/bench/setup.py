@@ -1,13 +1,11 @@
 """What the variants of `janus-ft bench` share and how each is made: the datasets and the first
-loaded model (`Setup`), random models of real sizes, and a variant's model with LoRA, schedule,
-collator and training arguments (`prepare`), with what training applies after LoRA (`apply_levers`)."""
+loaded model (`Setup`), and a variant's model with LoRA, schedule, collator and training arguments
+(`prepare`), with what training applies after LoRA (`apply_levers`). Random models of real sizes
+are written by `random_model`."""
 
 from __future__ import annotations
 
 import gc
-import json
-import os
-from pathlib import Path
 
 import torch
 
@@ -18,35 +16,6 @@ def compute_dtype(recipe) -> torch.dtype:
     """The dtype matmuls run in: the weights' (bf16 on a GPU also under autocast; 4-bit weights are
     dequantized to it)."""
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(recipe.model.dtype, torch.float32)
-
-
-def random_model_path(preset: str) -> Path:
-    """A random Janus of a real model's size, written once (bf16) under $JANUS_FT_CACHE."""
-    from transformers import JanusForConditionalGeneration
-
-    from ..files import cache_root, publish
-    from ..janus import generation_config
-    from ..tiny import build_processor, build_tokenizer, sized_config
-
-    target = cache_root() / f"random-{preset}"
-    if (target / "janus_ft_random.json").exists():
-        return target
-    tokenizer = build_tokenizer("janus-pro")
-    config = sized_config(tokenizer, preset)
-    torch.manual_seed(0)
-    # Initialised where it will train: a 7B model on the GPU takes seconds, on a CPU minutes.
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = JanusForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
-    model.generation_config = generation_config(tokenizer)
-    staged = target.with_name(f".{target.name}-{os.getpid()}")   # renamed in when complete
-    model.save_pretrained(staged)
-    build_processor(tokenizer, image_size=config.vision_config.image_size).save_pretrained(staged)
-    (staged / "janus_ft_random.json").write_text(json.dumps({"preset": preset}) + "\n")
-    publish(staged, target, keep_existing=True)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
-    return target
 
 
 class Setup:

@@ -34,6 +34,13 @@ def configure(parser) -> None:
                         help="run all variants in this process (faster to start, but later variants find "
                              "kernels for the same batch shapes already warm, and on CPU share the peak RSS)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--memory", metavar="TASK:TOKENS",
+                        help="instead: the peak memory of one training step of the recipe on a synthetic batch of "
+                             "per_device_train_batch_size rows of TOKENS tokens of TASK (text | understanding | "
+                             "generation), split into weights, trainable + optimizer state, activations and logits")
+    parser.add_argument("--levers", action="store_true",
+                        help="instead: each speed lever (per-sample attention in packed rows, chunked heads, compiled "
+                             "layers, data workers) on and off, a fresh process per run, as one table")
     parser.add_argument("--startup", type=int, metavar="N",
                         help="instead: time `janus-ft sft` to its first step on N synthetic records (half "
                              "understanding, half text), cold and warm, with peak RSS per process")
@@ -52,6 +59,14 @@ def run(args) -> int:
         print(format_startup(report))
     elif not args.recipe:
         raise UserError("bench: give --recipe (or --startup N)")
+    elif args.levers:
+        from ..bench.levers import format_levers, lever_benchmark
+        report = lever_benchmark(args)
+        print(format_levers(report))
+    elif args.memory:
+        from ..bench.memory import format_memory, memory_benchmark
+        report = memory_benchmark(args)
+        print(format_memory(report))
     else:
         report = benchmark(args)
         print(format_table(report))

@@ -30,6 +30,7 @@ from ..infer.chat import Decoding, answer_batch
 from ..infer.generate import contact_sheet, edit_sheet, sample_codes, sample_edit_codes
 from ..infer.prompts import resolve_format, to_model
 from ..janus import IGNORE_INDEX, TASK_NAMES
+from ..model.heads import HEAD_CHUNK_SIZE
 from ..model.loading import attach_adapter, load_base, load_processor
 from ..model.loss import compute_loss_parts
 from ..recipe import DataSource
@@ -76,7 +77,7 @@ def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings:
     batch_size = recipe.train.per_device_eval_batch_size
     results, grids, predictions = {}, {}, []
     for task, ds in datasets.items():
-        total, tokens = task_loss(model, ds, processor.tokenizer.pad_token_id, batch_size)
+        total, tokens = task_loss(model, ds, processor.tokenizer.pad_token_id, batch_size, recipe.model.head_chunk_size)
         nll = mean_nll(total, tokens)
         results[task] = {"loss": nll, "perplexity": perplexity(nll), "tokens": tokens, "records": len(ds)}
         if task == "generation":
@@ -92,14 +93,15 @@ def evaluate_model(model, processor, fmt: str, datasets: dict, recipe, settings:
 
 
 @torch.no_grad()
-def task_loss(model, ds: JanusDataset, pad_id: int, batch_size: int) -> tuple[float, int]:
+def task_loss(model, ds: JanusDataset, pad_id: int, batch_size: int,
+              head_chunk_size: int = HEAD_CHUNK_SIZE) -> tuple[float, int]:
     """Sum of token losses and number of supervised tokens over a dataset (no CFG dropout)."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(ds), batch_size):
         batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))], pad_id)
-        parts = compute_loss_parts(model, to_model(batch, model))
+        parts = compute_loss_parts(model, to_model(batch, model), head_chunk_size=head_chunk_size)
         for task_sum, task_tokens in parts.per_task.values():
             total, tokens = total + task_sum, tokens + task_tokens
     model.train(was_training)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .heads import HEAD_CHUNK_SIZE
 from .loss import target_losses
 
 
@@ -44,12 +45,12 @@ class TargetLogps:
         return self.mask.sum(-1)
 
 
-def target_logps(model, batch: dict, input_grad: bool = True) -> TargetLogps:
+def target_logps(model, batch: dict, input_grad: bool = True, head_chunk_size: int = HEAD_CHUNK_SIZE) -> TargetLogps:
     """Per-token log-probabilities of every supervised target of `batch` under `model` (a Janus
     model, bare or wrapped by PEFT / DDP / DeepSpeed). Gradients flow when grad is enabled;
-    `input_grad` as in `janus_ft.model.loss.compute_loss_parts`."""
+    `input_grad` and `head_chunk_size` as in `janus_ft.model.loss.compute_loss_parts`."""
     shape = batch["labels"].shape
-    positions, losses = target_losses(model, batch, input_grad)
+    positions, losses = target_losses(model, batch, input_grad, head_chunk_size)
     flat = losses.new_zeros(shape.numel()).index_add(0, positions, -losses)
     mask = torch.zeros(shape.numel(), dtype=torch.bool, device=positions.device).index_fill(0, positions, True)
     return TargetLogps(flat.view(shape), mask.view(shape))

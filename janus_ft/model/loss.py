@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..data.collate import loss_plan
 from ..janus import IGNORE_INDEX, TASK_IDS
+from .heads import HEAD_CHUNK_SIZE, target_nll
 
 
 def core_model(model):
@@ -106,23 +106,25 @@ def image_features(core, pixels: torch.Tensor) -> torch.Tensor:
     return core.model.aligner(hidden)
 
 
-def compute_loss_parts(model, batch: dict, input_grad: bool = True) -> LossParts:
+def compute_loss_parts(model, batch: dict, input_grad: bool = True, head_chunk_size: int = HEAD_CHUNK_SIZE) -> LossParts:
     """Token losses of a batch. `input_grad=False` drops the gradient that transformers' gradient
     checkpointing asks for on the LLM's input embeddings, which only reentrant checkpointing needs
-    (`JanusTrainer` passes what its arguments say).
+    (`JanusTrainer` passes what its arguments say). `head_chunk_size`: targets each head scores at
+    a time (`model.head_chunk_size`, `janus_ft.model.heads`; 0: all at once).
 
     The batch's `loss_plan` (`janus_ft.data.collate.loss_plan`, made by the collator on the CPU) says
     where targets and images sit; nothing here waits for the device to report a count, so a GPU
     step is queued without a host sync. A batch without a plan gets one here.
     """
-    targets, token_losses = target_losses(model, batch, input_grad)
+    targets, token_losses = target_losses(model, batch, input_grad, head_chunk_size)
     tasks = batch["task_ids"].flatten().index_select(0, targets)
     task_sums = token_losses.new_zeros(len(TASK_IDS), 2).index_add_(
         0, tasks, torch.stack([token_losses.detach(), torch.ones_like(token_losses)], 1))
     return LossParts(token_losses.sum(), len(targets), task_sums)
 
 
-def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def target_losses(model, batch: dict, input_grad: bool = True,
+                  head_chunk_size: int = HEAD_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """(flat positions of the targets, their token losses): text targets first, then image codes,
     each in row-major order. A token loss is minus the log-probability of the target."""
     core = core_model(model)
@@ -130,6 +132,7 @@ def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Te
     # Flat positions (row x length) of the targets; position t predicts t + 1, in the same row
     # (column 0 is never a target).
     text, gen = plan["text_targets"], plan["gen_targets"]
+    labels = batch["labels"].flatten()
 
     # Embeddings and both heads run inside the wrapped model's forward (hooks on the Janus module):
     # FSDP has gathered the weights only there, and DDP's search for unused parameters only sees
@@ -146,26 +149,25 @@ def target_losses(model, batch: dict, input_grad: bool = True) -> tuple[torch.Te
     def keep_last(module, args, output):
         last["hidden"] = output.last_hidden_state
 
-    def head_logits(module, args, kwargs, output):
+    def head_losses(module, args, kwargs, output):
         hidden = last.pop("hidden").flatten(0, 1)
-        return output, (module.lm_head(hidden.index_select(0, text - 1)),
-                        module.model.generation_head(hidden.index_select(0, gen - 1)))
+        return output, torch.cat([
+            target_nll(module.lm_head, hidden.index_select(0, text - 1), labels.index_select(0, text), head_chunk_size),
+            target_nll(module.model.generation_head, hidden.index_select(0, gen - 1), labels.index_select(0, gen),
+                       head_chunk_size)])
 
     hooks = [core.register_forward_pre_hook(embed, with_kwargs=True), core.model.register_forward_hook(keep_last),
-             core.register_forward_hook(head_logits, with_kwargs=True)]
+             core.register_forward_hook(head_losses, with_kwargs=True)]
     # A packed batch's sample bounds go to the attention functions as the FlashAttention keyword
     # arguments transformers forwards to them (janus_ft.model.attention: per-sample attention).
     bounds = ({} if "cu_seq_lens" not in batch else {
         "cu_seq_lens_q": batch["cu_seq_lens"], "cu_seq_lens_k": batch["cu_seq_lens"],
         "max_length_q": batch["max_length"], "max_length_k": batch["max_length"]})
     try:
-        _, (text_logits, gen_logits) = model(
+        _, token_losses = model(
             attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
             logits_to_keep=text.new_empty(0), use_cache=False, **bounds)
     finally:
         for hook in hooks:
             hook.remove()
-    labels = batch["labels"].flatten()
-    token_losses = torch.cat([F.cross_entropy(text_logits.float(), labels.index_select(0, text), reduction="none"),
-                              F.cross_entropy(gen_logits.float(), labels.index_select(0, gen), reduction="none")])
     return torch.cat([text, gen]), token_losses

@@ -27,6 +27,8 @@ class ModelArgs:
     dtype: str = opt("float32", "weights dtype: float32 | bfloat16 | float16")
     quantization: str = opt("none", "none | 4bit | 8bit (bitsandbytes, language model only)")
     attn_implementation: str | None = opt(None, "sdpa | eager | flash_attention_2 (default: transformers' choice)")
+    head_chunk_size: int = opt(1024, "targets the text and generation heads score at a time (logits, log-softmax and "
+                                     "gradient per chunk); 0 = all in one piece")
     compile: bool = opt(False, "torch.compile each language-model decoder layer (regional compilation, LoRA "
                                "inside; sequence length dynamic, so packing and mixed lengths do not recompile)")
 

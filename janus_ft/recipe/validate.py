@@ -16,6 +16,9 @@ def validate(recipe: Recipe) -> None:
     _choice("model.format", m.format, ("auto", "janus-pro", "janus"))
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.quantization", m.quantization, ("none", "4bit", "8bit"))
+    if m.head_chunk_size < 0:
+        raise RecipeError(f"model.head_chunk_size must be an integer >= 0 (0: score all targets in one piece), "
+                          f"got {m.head_chunk_size!r}")
     if m.quantization != "none" and "llm" in lo.modules_to_save:
         raise RecipeError(f"lora.modules_to_save=[llm] cannot train a {m.quantization} language model "
                           "fully: use lora.targets=[llm], or model.quantization=none")

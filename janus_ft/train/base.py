@@ -25,6 +25,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import Trainer
 
+from ..model.heads import HEAD_CHUNK_SIZE
 from .callbacks import ConsoleCallback
 from .checkpoint import SignalCheckpoint, TrainingError
 from .metrics import MetricStore, means
@@ -40,10 +41,11 @@ def outputs(loss, return_outputs: bool):
 
 
 class JanusTrainer(AtomicCheckpoints, Trainer):
-    def __init__(self, *args, probe=None, nan_policy: str = "stop", **kwargs):
+    def __init__(self, *args, probe=None, nan_policy: str = "stop", head_chunk_size: int = HEAD_CHUNK_SIZE, **kwargs):
         super().__init__(*args, **kwargs)
         self.probe = probe             # `run(model, state) -> (metrics, grid image or None)`, see train.probe
         self.nan_policy = nan_policy   # "stop" | "skip" (train.nan_policy)
+        self.head_chunk_size = head_chunk_size   # targets a head scores at a time (model.head_chunk_size)
         self.skipped_batches = 0
         self.metrics = MetricStore()
         self._evaluating = False

@@ -23,6 +23,7 @@ from ..data.mixture import MixtureDataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
 from ..data.sources import read_source
 from ..janus import TASK_IDS, TASK_NAMES
+from ..model.heads import HEAD_CHUNK_SIZE
 from ..model.logprobs import target_logps
 from ..model.preference import preference_loss
 from ..recipe import Recipe, parse_source
@@ -50,7 +51,7 @@ class DpoTrainer(JanusTrainer):
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = target_logps(model, inputs, input_grad=self.reentrant_checkpointing())
+        logps = target_logps(model, inputs, self.reentrant_checkpointing(), self.head_chunk_size)
         sums, counts = logps.sums, logps.counts
         n = sums.shape[0] // 2
         ref = inputs.get("ref_logps")
@@ -73,7 +74,7 @@ class DpoTrainer(JanusTrainer):
         """Summed target log-probabilities of every row under the reference: the adapter disabled."""
         unwrapped = self.accelerator.unwrap_model(model)
         with torch.no_grad(), unwrapped.disable_adapter():
-            return target_logps(unwrapped, inputs, input_grad=False).sums
+            return target_logps(unwrapped, inputs, False, self.head_chunk_size).sums
 
     def metric_values(self, stats: dict) -> dict[str, float]:
         """Means, and `rewards/margins` (chosen - rejected) wherever both are there."""
@@ -137,7 +138,7 @@ def chosen_sets(pairs, processor, fmt: str, recipe: Recipe) -> dict:
 
 
 def precompute_reference(model, datasets: dict[str, PairDataset], collator: PairCollator, batch_size: int,
-                         device, unconditional: bool = False) -> None:
+                         device, unconditional: bool = False, head_chunk_size: int = HEAD_CHUNK_SIZE) -> None:
     """Reference log-probs of every pair (adapter disabled, eval mode, no grad), stored on the datasets;
     with `unconditional`, of the blanked generation prompts too (what CFG dropout trains)."""
     was_training = model.training
@@ -150,7 +151,7 @@ def precompute_reference(model, datasets: dict[str, PairDataset], collator: Pair
                     pairs = [ds.sample(i, blank) for i in range(start, min(start + batch_size, len(ds)))]
                     batch = collator([{k: v for k, v in p.items() if k != "ref"} for p in pairs])
                     batch = {k: _to(v, device) for k, v in batch.items()}
-                    sums = target_logps(model, batch, input_grad=False).sums
+                    sums = target_logps(model, batch, False, head_chunk_size).sums
                     rows.append(torch.stack(sums.split(len(pairs)), 1))
                 ds.set_reference(blank, torch.cat(rows))
     model.train(was_training)
@@ -200,5 +201,5 @@ class DPO(Method):
         train_sets, val_sets = self.sets
         for sets, blank in ((train_sets, self.cfg_dropout > 0), (val_sets, False)):
             precompute_reference(trainer.model, sets, trainer.data_collator, options.precompute_ref_batch_size,
-                                 trainer.args.device, unconditional=blank)
+                                 trainer.args.device, blank, trainer.head_chunk_size)
         logger.info(f"reference log-probs precomputed in {time.monotonic() - started:.1f} s")

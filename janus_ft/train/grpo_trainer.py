@@ -83,7 +83,7 @@ class GrpoTrainer(JanusTrainer):
         if self.g.beta != 0.0:
             model = self.accelerator.unwrap_model(self.model)
             with torch.no_grad(), model.disable_adapter():
-                out["ref_logps"] = target_logps(model, batch).tokens
+                out["ref_logps"] = target_logps(model, batch, head_chunk_size=self.head_chunk_size).tokens
         self._log_sampling(scored, n)
         return out
 
@@ -125,7 +125,7 @@ class GrpoTrainer(JanusTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch, scored = inputs["batch"], inputs["scored"]
-        lp = target_logps(model, batch, input_grad=self.reentrant_checkpointing())
+        lp = target_logps(model, batch, self.reentrant_checkpointing(), self.head_chunk_size)
         mask = lp.mask
         if self.g.mask_truncated_completions:   # text only: an image is never truncated
             keep = torch.tensor([not t for t in scored.truncated], device=mask.device)

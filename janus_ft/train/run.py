@@ -115,7 +115,8 @@ def run(recipe: Recipe, method: Method, *, model=None, processor=None, callbacks
                                 setup.in_order, setup.loader_work),
         train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
         callbacks=[*setup.callbacks, SaveEverySteps(t.save_last), stopper := SignalCheckpoint(), *callbacks],
-        probe=setup.probe, nan_policy=t.nan_policy, **setup.trainer_kwargs)
+        probe=setup.probe, nan_policy=t.nan_policy, head_chunk_size=recipe.model.head_chunk_size,
+        **setup.trainer_kwargs)
     if recipe.model.quantization != "none":
         train_in_fp32(trainer.model)   # undo the bf16 cast of trainable parameters (see model.loading)
     method.before_training(trainer, setup)

@@ -41,7 +41,7 @@ class SftTrainer(JanusTrainer):
         self.model_accepts_loss_kwargs = True   # the Trainer then counts the step's tokens for us
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        parts = compute_loss_parts(model, inputs, input_grad=self.reentrant_checkpointing())
+        parts = compute_loss_parts(model, inputs, self.reentrant_checkpointing(), self.head_chunk_size)
         if model.training:
             stopped = self.guard(model, parts.task_sums, list(TASK_NAMES.values()), return_outputs)
             if stopped is not None:
