@@ -6,6 +6,7 @@ vision tower keeps SDPA; padded batches and generation with a cache keep their m
 import pytest
 import torch
 from PIL import Image
+from test_loss import MIXED_RECORDS
 
 from janus_ft.data.collate import collate, loss_plan, pack
 from janus_ft.data.dataset import JanusDataset
@@ -55,14 +56,7 @@ def codes(processor, i):
 
 
 def sft_batch(images, processor):
-    objs = [
-        {"query": "<image>What colour is the shape?", "response": "red", "images": ["0.png"]},
-        {"query": "<image><image>Which one is brighter? Answer with a sentence.", "response": "The first one.",
-         "images": ["1.png", "2.png"], "history": [["Hello there", "Hi"]]},
-        {"query": "What is 7 + 7?", "response": "14"},
-        {"query": "a red circle", "response": "<image>", "images": ["2.png"]},
-        {"query": "<image>Describe the picture.", "response": "A dog.", "images": ["2.png"], "system": ""},
-    ]
+    objs = MIXED_RECORDS
     records = [parse_record(o, images / "d.jsonl", i + 1) for i, o in enumerate(objs)]
     ds = JanusDataset(records, processor, "janus-pro", codes={str(images / "2.png"): codes(processor, 2)})
     return [ds[i] for i in range(len(ds))]

@@ -17,21 +17,23 @@ from janus_ft.data.records import parse_record
 from janus_ft.janus import TASK_IDS
 from janus_ft.model.loss import compute_loss_parts
 
+MIXED_RECORDS = [   # one of each task shape, several images and turns; the last is an edit
+    {"query": "<image>What colour is the shape?", "response": "red", "images": ["0.png"]},
+    {"query": "<image><image>Which one is brighter? Answer with a sentence.", "response": "The first one.",
+     "images": ["1.png", "2.png"], "history": [["Hello there", "Hi"]]},
+    {"query": "What is 7 + 7?", "response": "14"},
+    {"query": "a red circle", "response": "<image>", "images": ["2.png"]},
+    {"query": "<image>Describe the picture.", "response": "A dog.", "images": ["2.png"], "system": ""},
+    {"query": "<image>Make it red.", "response": "<image>", "images": ["0.png", "2.png"]},   # an edit
+]
+
 
 @pytest.fixture()
 def samples(tmp_path, tiny_processor):
     sizes = [(30, 64), (64, 64), (90, 20)]
     for i, size in enumerate(sizes):
         Image.new("RGB", size, (60 * i, 200 - 50 * i, 90)).save(tmp_path / f"{i}.png")
-    objs = [
-        {"query": "<image>What colour is the shape?", "response": "red", "images": ["0.png"]},
-        {"query": "<image><image>Which one is brighter? Answer with a sentence.", "response": "The first one.",
-         "images": ["1.png", "2.png"], "history": [["Hello there", "Hi"]]},
-        {"query": "What is 7 + 7?", "response": "14"},
-        {"query": "a red circle", "response": "<image>", "images": ["2.png"]},
-        {"query": "<image>Describe the picture.", "response": "A dog.", "images": ["2.png"], "system": ""},
-        {"query": "<image>Make it red.", "response": "<image>", "images": ["0.png", "2.png"]},   # an edit
-    ]
+    objs = MIXED_RECORDS
     records = [parse_record(o, tmp_path / "d.jsonl", i + 1) for i, o in enumerate(objs)]
     codes = {str(tmp_path / "2.png"): [(7 * i) % 256 for i in range(tiny_processor.num_image_tokens)]}
     ds = JanusDataset(records, tiny_processor, "janus-pro", codes=codes)
