@@ -135,8 +135,8 @@ def _poison(monkeypatch, task: str, call: int):
     task = TASK_IDS[task]
     real, calls = trainer_module.compute_loss_parts, []
 
-    def poisoned(model, inputs, **kwargs):
-        parts = real(model, inputs, **kwargs)
+    def poisoned(model, inputs, *args, **kwargs):
+        parts = real(model, inputs, *args, **kwargs)
         if model.training:
             calls.append(1)
             if len(calls) == call and task in parts.per_task:
