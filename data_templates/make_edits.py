@@ -21,6 +21,8 @@ are edits the training set never shows.
     python data_templates/make_edits.py OUT_DIR --n 240 --seed 0 --size 64 --split-val 40
 
 writes OUT_DIR/train.jsonl, OUT_DIR/val.jsonl and OUT_DIR/images/*.png (one file per scene).
+`--rejected` makes every record a preference pair for `janus-ft dpo`: `rejected_images` holds the
+edit done with a wrong colour (the edited shape in a colour neither the target nor the source has).
 """
 
 from __future__ import annotations
@@ -111,6 +113,15 @@ def _changed(scene: Scene, i: int, **kw) -> Scene:
     return scene[:i] + (scene[i]._replace(**kw),) + scene[i + 1:]
 
 
+def wrong_colour(source: Scene, target: Scene, colours, rng: random.Random) -> Scene:
+    """The edit done with a wrong colour: the edited shape (the first one the edit changes) in a
+    colour neither the target nor the source gives it -- a rejected target for a preference pair."""
+    i = next((k for k, (s, t) in enumerate(zip(source, target)) if s != t), 0)
+    avoid = {target[i].colour, source[i].colour}
+    wrong = [c for c in colours if c not in avoid] or [c for c in colours if c != target[i].colour]
+    return _changed(target, i, colour=rng.choice(wrong))
+
+
 def random_scene(rng: random.Random, objects: int, shapes, colours, grid: int) -> Scene:
     kinds = sorted(rng.sample(list(shapes), objects), key=SHAPES.index)
     cells = rng.sample([(c, r) for c in range(grid) for r in range(grid)], objects)
@@ -120,11 +131,12 @@ def random_scene(rng: random.Random, objects: int, shapes, colours, grid: int) -
 
 def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int | None = None,
                train_name: str = "train.jsonl", val_name: str = "val.jsonl", objects: int = 2, grid: int = 4,
-               shapes=SHAPES, colours=tuple(COLOURS)) -> tuple[Path, Path]:
+               shapes=SHAPES, colours=tuple(COLOURS), rejected: bool = False) -> tuple[Path, Path]:
     """Write `n` distinct edit records (the last `n_val`, default n // 6, to the val file) and the
     images they use: scenes of `objects` shapes (of different kinds, from `shapes`) coloured from
-    `colours` on a `grid` x `grid` layout. Returns (train_path, val_path); image paths are relative
-    to `out_dir`."""
+    `colours` on a `grid` x `grid` layout. With `rejected`, each record is a preference pair whose
+    `rejected_images` is the edit done with a wrong colour (`wrong_colour`; the edits are the same).
+    Returns (train_path, val_path); image paths are relative to `out_dir`."""
     n_val = n // 6 if n_val is None else n_val
     check_split(n, n_val)
     unknown = sorted(set(shapes) - set(SHAPES)) + sorted(set(colours) - set(COLOURS))
@@ -133,6 +145,7 @@ def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int 
                          f"{', '.join(COLOURS)} and 2 <= grid <= size; got objects={objects}, shapes="
                          f"{','.join(shapes)}, colours={','.join(colours)}, grid={grid}")
     rng, seen, records = random.Random(seed), set(), []
+    wrong_rng = random.Random(f"{seed}-rejected")   # its own draws: the edits stay those of a run without
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for _ in range(200 * n):
@@ -143,11 +156,13 @@ def make_edits(out_dir, n: int = 240, seed: int = 0, size: int = 64, n_val: int 
         if not instruction or (source, instruction) in seen:
             continue
         seen.add((source, instruction))
-        for scene in (source, target):
+        scenes = (source, target) + ((wrong_colour(source, target, colours, wrong_rng),) if rejected else ())
+        for scene in scenes:
             if not (out_dir / scene_file(scene)).exists():
                 draw(scene, size, grid).save(out_dir / scene_file(scene))
         records.append({"query": f"<image>{instruction}", "response": "<image>",
-                        "images": [scene_file(source), scene_file(target)]})
+                        "images": [scene_file(source), scene_file(target)]}
+                       | ({"rejected_images": [scene_file(scenes[2])]} if rejected else {}))
     if len(records) < n:
         raise ValueError(f"n={n}: found only {len(records)} distinct edits of these scenes")
     return write_split(out_dir, records, n_val, train_name, val_name)
@@ -159,10 +174,12 @@ def main(argv=None) -> None:
     p.add_argument("--grid", type=int, default=4, help="cells per side; a shape fills one cell")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes to draw")
     p.add_argument("--colours", default=",".join(COLOURS), help="comma-separated colours (two or more)")
+    p.add_argument("--rejected", action="store_true",
+                   help="write preference pairs (janus-ft dpo): rejected_images, the edit done with a wrong colour")
     args = p.parse_args(argv)
     finish(p, lambda: make_edits(args.out, args.n, args.seed, args.size, args.split_val, objects=args.objects,
                                  grid=args.grid, shapes=tuple(args.shapes.split(",")),
-                                 colours=tuple(args.colours.split(","))))
+                                 colours=tuple(args.colours.split(",")), rejected=args.rejected))
 
 
 if __name__ == "__main__":

@@ -224,25 +224,33 @@ def test_edit_loss_equals_an_independent_forward(edits, tiny_model, tiny_process
     sample = ds.edit_sample(1, FULL)
     with torch.no_grad():
         ours = compute_loss_parts(tiny_model, collate([sample], tiny_processor.tokenizer.pad_token_id))
-    m, sp, n = tiny_model.model, ds.special, tiny_processor.num_image_tokens
-    ids, labels, codes = sample["input_ids"], sample["labels"], sample["source_codes"]
-    boi = (ids == sp.boi).nonzero().flatten().tolist()
-    with torch.no_grad():
-        embeds = m.language_model.embed_tokens(ids).clone()
-        features = m.aligner(m.vision_model(sample["pixel_values"]).last_hidden_state)   # (2 sources, n, hidden)
-        for k, start in enumerate(boi[:4]):
-            if k % 2 == 0:   # a SigLIP block
-                embeds[start + 1: start + 1 + n] = features[k // 2]
-            else:            # its code block
-                embeds[start + 1: start + 1 + n] = m.generation_aligner(m.generation_embeddings(codes[start + 1: start + 1 + n]))
-        target = labels[boi[4] + 1: boi[4] + 1 + n]
-        embeds[boi[4] + 1: boi[4] + 1 + n] = m.generation_aligner(m.generation_embeddings(target))
-        hidden = m.language_model(inputs_embeds=embeds[None]).last_hidden_state[0]
-        logits = m.generation_head(hidden[boi[4]: boi[4] + n])
+        logits, target = independent_edit_logits(tiny_model.model, sample, ds.special, tiny_processor.num_image_tokens)
         reference = F.cross_entropy(logits, target, reduction="sum")
+    n = tiny_processor.num_image_tokens
+    assert sum(1 for c in sample["source_codes"].tolist() if c != IGNORE_INDEX) == 2 * n   # both sources coded
     assert ours.n_tokens == n and set(ours.per_task) == {EDIT}
     assert float(ours.total) == pytest.approx(float(reference), rel=1e-5)
     assert float(F.cross_entropy(logits[1:], target[1:], reduction="sum")) != pytest.approx(float(ours.total))
+
+
+def independent_edit_logits(m, sample: dict, sp: SpecialIds, n: int):
+    """(generation-head logits at the n positions predicting the target codes, the target codes) of
+    one edit row (`JanusDataset.edit_sample`), without janus_ft's loss code: each image block before
+    the target holds SigLIP features (vision tower, aligner) or, where `source_codes` has codes, their
+    generation embeddings; the target codes their generation embeddings; text embeddings elsewhere."""
+    ids, labels, codes = sample["input_ids"], sample["labels"], sample.get("source_codes")
+    boi = (ids == sp.boi).nonzero().flatten().tolist()
+    embeds = m.language_model.embed_tokens(ids).clone()
+    features = m.aligner(m.vision_model(sample["pixel_values"]).last_hidden_state) if "pixel_values" in sample else []
+    siglip = iter(features)
+    for start in boi[:-1]:
+        block = slice(start + 1, start + 1 + n)
+        coded = codes is not None and int(codes[start + 1]) != IGNORE_INDEX
+        embeds[block] = m.generation_aligner(m.generation_embeddings(codes[block])) if coded else next(siglip)
+    target = labels[boi[-1] + 1: boi[-1] + 1 + n]
+    embeds[boi[-1] + 1: boi[-1] + 1 + n] = m.generation_aligner(m.generation_embeddings(target))
+    hidden = m.language_model(inputs_embeds=embeds[None]).last_hidden_state[0]
+    return m.generation_head(hidden[boi[-1]: boi[-1] + n]), target
 
 
 @pytest.mark.parametrize("source_codes", [False, True])

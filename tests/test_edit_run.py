@@ -203,15 +203,11 @@ def test_eval_reports_edit_loss_and_source_target_result_grids(mixed_run, edit_d
     assert "edits (a row per edit: source | target | seed-fixed sample)" in (out / "eval.md").read_text()
 
 
-def test_streaming_and_dpo_refuse_edits(edit_data, tmp_path, capsys, tiny_dir):
+def test_streaming_refuses_edits(edit_data, tmp_path, capsys, tiny_dir):
     base = ["--recipe", str(REPO / "recipes" / "demo.yaml"), f"model.path={tiny_dir}", f"output_dir={tmp_path / 'o'}",
             f"data.train=[{edit_data / 'train.jsonl'}]", "data.val=[]"]
     assert main(["sft", *base, "data.streaming=true", "data.mix={edit: 1}", "train.max_steps=1"]) == 2
     assert "data.streaming does not train edit records" in capsys.readouterr().err
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "<image>Make it red", "response": "<image>",
-                                                    "images": ["a.png", "b.png"], "rejected_images": ["a.png", "c.png"]}])
-    assert main(["data", "check", str(pairs), "--as", "dpo"]) == 2
-    assert "an edit pair: janus-ft dpo does not tune edits yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override,message", [

@@ -63,6 +63,18 @@ class EditSettings:
         codes = self.source_codes and (condition == NONE or rng.random() >= self.source_code_dropout)
         return condition, codes
 
+    def variants(self) -> list[tuple[str, bool]]:
+        """Every (condition, coded) `draw` can return: the row layouts training builds.
+
+        >>> EditSettings(True, 0.5, 0.2, 0.0).variants()
+        [('full', True), ('full', False), ('sources', True), ('sources', False)]
+        """
+        coded = [c for c, possible in ((True, self.source_codes), (False, not self.source_codes
+                                                                    or self.source_code_dropout > 0)) if possible]
+        out = [(condition, c) for condition, rate in ((FULL, 1.0), (SOURCES, self.cfg_dropout)) if rate > 0
+               for c in coded]
+        return out + ([(NONE, self.source_codes)] if self.uncond_dropout > 0 else [])
+
     def extra_tokens(self, n_sources: int, n_image_tokens: int) -> int:
         """Tokens the code blocks add to a row of `n_sources` sources (length limits count them)."""
         return n_sources * (n_image_tokens + 2) if self.source_codes else 0

@@ -130,7 +130,7 @@ def parse_record(obj, path: Path, line: int | str) -> Record:
         raise bad(None, "expected 'query' and 'response', or 'messages'")
     if "system" in obj and "messages" not in obj:
         system = _string(obj, "system", bad)
-    images = _images(obj, path, bad)
+    images = image_paths(obj, path, bad)
     turns = _place_images(turns, len(images), bad)
     task = _infer_task(obj, turns, images, bad)
     if task in ("generation", "edit"):
@@ -244,7 +244,8 @@ def _edit_fields(obj: dict, bad) -> dict:
     return out | {"images": [*sources, target]}
 
 
-def _images(obj: dict, path: Path, bad) -> list[Path]:
+def image_paths(obj: dict, path: Path, bad) -> list[Path]:
+    """`obj["images"]` (a path or a list of paths) as paths resolved against the file's directory."""
     images = obj.get("images", [])
     if images is None:
         images = []

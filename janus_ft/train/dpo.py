@@ -1,7 +1,7 @@
 """Preference tuning (`janus-ft dpo`, `janus_ft.dpo`): DPO / IPO with LoRA on pairs of any task.
 
 On the run lifecycle (`train.run`), DPO reads and checks pairs (TRL's prompt/chosen/rejected,
-ms-swift's rejected_response, text-to-image pairs with rejected_images) before any weight loads,
+ms-swift's rejected_response, text-to-image and edit pairs with rejected_images) before any weight loads,
 builds one pair dataset per task (both sides' images VQ-encoded once) mixed at `data.mix`, and
 trains the preference loss: one forward scores both sides (`model.logprobs`), the reference being
 the same weights with the LoRA adapter disabled (no second model in memory) unless the pairs carry
@@ -17,7 +17,8 @@ import time
 import torch
 from accelerate.logging import get_logger
 
-from ..data.dataset import JanusDataset, require_tasks, vq_codes, warn_dropped
+from ..data.dataset import JanusDataset, coded_images, require_tasks, vq_codes, warn_dropped
+from ..data.edit import EditSettings
 from ..data.images import bad_images_error
 from ..data.mixture import MixtureDataset, steps_for_epochs
 from ..data.preference import PAIR_KEYS, PairCollator, PairDataset, check_pair_images, parse_pair
@@ -113,47 +114,50 @@ def read_pair_data(recipe: Recipe) -> tuple[list, list]:
 
 
 def build_pair_datasets(pairs, model, processor, recipe: Recipe, fmt: str) -> dict[str, PairDataset]:
-    """One `PairDataset` per task; both sides' generation images VQ-encoded once (code cache)."""
+    """One `PairDataset` per task; both sides' generation and edit targets (and edit sources, with
+    `data.edit_source_codes`) VQ-encoded once (code cache), as `janus-ft sft` encodes its records'."""
     by_task: dict[str, list] = {}
     for pair in pairs:
         by_task.setdefault(pair.task, []).append(pair)
-    generation = by_task.get("generation", [])
-    codes = vq_codes(model, [p.chosen.images[0] for p in generation] + [p.rejected.images[0] for p in generation],
-                     recipe.data.code_cache)
-    d = recipe.data
-    datasets = {task: PairDataset(ps, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes)
+    d, edit = recipe.data, EditSettings.from_data(recipe.data)
+    images = {task: [side.images for p in by_task.get(task, []) for side in (p.chosen, p.rejected)]
+              for task in ("generation", "edit")}
+    codes = vq_codes(model, coded_images(images, edit.source_codes), d.code_cache)
+    datasets = {task: PairDataset(ps, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only, codes, edit)
                 for task, ps in by_task.items()}
     warn_dropped(datasets, "pair(s) with a side longer than", d.max_length)
     return datasets
 
 
-def chosen_sets(pairs, processor, fmt: str, recipe: Recipe) -> dict:
+def chosen_sets(val_sets: dict[str, PairDataset], processor, fmt: str, recipe: Recipe) -> dict:
     """The chosen side of each held-out pair as a record set per task: what the evaluation probe
-    answers (the chosen answer is the reference for exact match and CER) and draws (the captions)."""
-    d, by_task = recipe.data, {}
-    for pair in pairs:
-        by_task.setdefault(pair.task, []).append(pair.chosen)
-    return {task: JanusDataset(records, processor, fmt, d.max_length, d.system_prompt, d.last_turn_only)
-            for task, records in by_task.items()}
+    answers (the chosen answer is the reference for exact match and CER) and draws (the captions;
+    the edits, their targets decoded from the pairs' VQ codes)."""
+    d = recipe.data
+    return {task: JanusDataset([e.record for e in ds.chosen.examples], processor, fmt, d.max_length,
+                               d.system_prompt, d.last_turn_only, ds.chosen.codes, ds.edit)
+            for task, ds in val_sets.items()}
 
 
 def precompute_reference(model, datasets: dict[str, PairDataset], collator: PairCollator, batch_size: int,
-                         device, unconditional: bool = False, head_chunk_size: int = HEAD_CHUNK_SIZE) -> None:
-    """Reference log-probs of every pair (adapter disabled, eval mode, no grad), stored on the datasets;
-    with `unconditional`, of the blanked generation prompts too (what CFG dropout trains)."""
+                         device, cfg_dropout: float | None = None, head_chunk_size: int = HEAD_CHUNK_SIZE) -> None:
+    """Reference log-probs of every pair (adapter disabled, eval mode, no grad), stored on the datasets:
+    for training sets (`cfg_dropout` given) of every layout CFG dropout can draw (blanked generation
+    prompts, each edit layout), for evaluation sets (`None`) of the layout evaluation scores."""
     was_training = model.training
     model.eval()
     with torch.no_grad(), model.disable_adapter():
-        for task, ds in datasets.items():
-            for blank in (False, True) if unconditional and task == "generation" else (False,):
+        for ds in datasets.values():
+            variants = [ds.evaluation_variant()] if cfg_dropout is None else ds.variants(cfg_dropout)
+            for variant in variants:
                 rows = []
                 for start in range(0, len(ds), batch_size):
-                    pairs = [ds.sample(i, blank) for i in range(start, min(start + batch_size, len(ds)))]
+                    pairs = [ds.variant_sample(i, variant) for i in range(start, min(start + batch_size, len(ds)))]
                     batch = collator([{k: v for k, v in p.items() if k != "ref"} for p in pairs])
                     batch = {k: _to(v, device) for k, v in batch.items()}
                     sums = target_logps(model, batch, False, head_chunk_size).sums
                     rows.append(torch.stack(sums.split(len(pairs)), 1))
-                ds.set_reference(blank, torch.cat(rows))
+                ds.set_reference(variant, torch.cat(rows))
     model.train(was_training)
 
 
@@ -185,7 +189,7 @@ class DPO(Method):
             train_dataset=mixture.as_hf_dataset(PAIR_KEYS), eval_dataset=concat_lazily(list(val_sets.values()), PAIR_KEYS),
             collator=PairCollator(processor.tokenizer.pad_token_id, model.config.image_token_id, d.pad_to_multiple_of),
             steps=steps, callbacks=[MixtureCallback(mixture, block, mixture.ratios)],
-            probe=TrainingProbe(processor, fmt, chosen_sets(val_pairs, processor, fmt, recipe), t.eval_answers,
+            probe=TrainingProbe(processor, fmt, chosen_sets(val_sets, processor, fmt, recipe), t.eval_answers,
                                 t.eval_images, t.sample_prompts, t.per_device_eval_batch_size,
                                 system_prompt=d.system_prompt),
             trainer_kwargs={"dpo": recipe.dpo})
@@ -199,7 +203,7 @@ class DPO(Method):
             return
         started = time.monotonic()
         train_sets, val_sets = self.sets
-        for sets, blank in ((train_sets, self.cfg_dropout > 0), (val_sets, False)):
+        for sets, dropout in ((train_sets, self.cfg_dropout), (val_sets, None)):
             precompute_reference(trainer.model, sets, trainer.data_collator, options.precompute_ref_batch_size,
-                                 trainer.args.device, blank, trainer.head_chunk_size)
+                                 trainer.args.device, dropout, trainer.head_chunk_size)
         logger.info(f"reference log-probs precomputed in {time.monotonic() - started:.1f} s")
