@@ -416,6 +416,7 @@ def test_levers_table_pairs_on_with_off_and_names_what_it_skipped():
         "|  | `model.head_chunk_size=0` | 2.5 | 400 | 25.0% | 4.00 |  |  |"]
 
 
+@pytest.mark.nightly   # minutes on 2 CPU cores: run by the nightly command (README), not CI
 @pytest.mark.slow
 def test_gpu_script_dry_run_writes_the_tables(tmp_path):
     """`scripts/gpu_bench.sh tiny`: the commands of the GPU run on the tiny model, on CPU, writing the

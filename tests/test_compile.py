@@ -134,6 +134,7 @@ def test_a_copy_of_a_compiled_model_runs_its_own_layers(model):
     assert abs(float(twin_loss - base)) <= 1e-5 * float(base) and abs(float(want - base)) > 1e-2
 
 
+@pytest.mark.nightly   # minutes on 2 CPU cores: run by the nightly command (README), not CI
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["per_sample"], indirect=True)
 def test_inductor_layers_equal_eager_and_do_not_recompile(model, caplog):
