@@ -370,6 +370,24 @@ def test_memory_step_chunked_heads_save_at_least_the_logits(tmp_path, tiny_dir, 
         assert at["trainable"] >= r["held_bytes"]["trainable"] > 0 and r["process"]["memory_kind"] == "rss_peak"
 
 
+def test_memory_step_runs_the_recipes_attention_for_packed_rows_and_refuses_compile(tmp_path, tiny_dir, capsys):
+    """The packed generation batch runs `data.packed_attention` (same loss either way, the mask
+    materialised only by `mask`); `model.compile` is refused: the count would not see compiled graphs."""
+    reports = {}
+    for attention in ("mask", "per_sample"):
+        out = tmp_path / f"{attention}.json"
+        assert main(["bench", "--memory", "generation:64", "--recipe", str(REPO / "recipes" / "demo.yaml"),
+                     "data.packing=true", f"data.packed_attention={attention}", "--json", str(out)]) == 0
+        reports[attention] = json.loads(out.read_text())
+    assert [r["packed_attention"] for r in reports.values()] == ["mask", "per_sample"]
+    assert reports["mask"]["loss"] == pytest.approx(reports["per_sample"]["loss"], rel=1e-5)
+    assert reports["mask"]["at_peak_bytes"] != reports["per_sample"]["at_peak_bytes"]
+    capsys.readouterr()
+    assert main(["bench", "--memory", "text:64", "--recipe", str(REPO / "recipes" / "demo.yaml"),
+                 "model.compile=true"]) == 2
+    assert "model.compile: bench --memory measures eager layers" in capsys.readouterr().err
+
+
 def test_random_models_are_written_one_layer_at_a_time(tmp_path):
     import torch
     from transformers import JanusForConditionalGeneration

@@ -255,16 +255,25 @@ def memory_benchmark(args) -> dict:
     import time
     from pathlib import Path
 
+    from ..errors import UserError
     from ..recipe import load_recipe
+    from ..train.run import apply_levers
     from .random_model import random_model_path
     from .run import command_line, machine
 
     task, tokens = parse_memory_spec(args.memory)
     return_freed_memory()
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.model.compile:   # the tensor count is a dispatch mode, which compiled graphs would hide from it
+        raise UserError("model.compile: bench --memory measures eager layers; leave it false here "
+                        "(bench --levers measures compiled layers)")
     if args.random_model:
         recipe.model.path = str(random_model_path(args.random_model))
     model, processor = prepare_model(recipe)
+    # The synthetic generation batch is packed (memory_batch), so it runs the recipe's attention for
+    # packed rows (data.packed_attention), as training with data.packing does; the others are single rows.
+    recipe.data.packing = task == "generation"
+    apply_levers(model, recipe)
     config = model.config
     rows = recipe.train.per_device_train_batch_size
     with tempfile.TemporaryDirectory(prefix="janus-ft-memory-") as folder:
@@ -280,7 +289,9 @@ def memory_benchmark(args) -> dict:
                       "quantization": recipe.model.quantization, "lora_targets": recipe.lora.targets,
                       "lora_r": recipe.lora.r, "modules_to_save": recipe.lora.modules_to_save},
             "gradient_checkpointing": recipe.train.gradient_checkpointing,
-            "head_chunk_size": recipe.model.head_chunk_size, "autocast": str(autocast).replace("torch.", ""),
+            "head_chunk_size": recipe.model.head_chunk_size,
+            "packed_attention": recipe.data.packed_attention if recipe.data.packing else None,
+            "autocast": str(autocast).replace("torch.", ""),
             "batch": {"task": task, "shape": list(batch["input_ids"].shape), "text_targets": len(plan["text_targets"]),
                       "gen_targets": len(plan["gen_targets"]),
                       "images": int(batch["pixel_values"].shape[0]) if "pixel_values" in batch else 0},
